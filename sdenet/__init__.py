@@ -1,0 +1,24 @@
+"""sdenet: SGD as a stochastic differential equation in weight space.
+
+Simulate SDE ensembles (diffrax) beside real SGD, propagate output moments
+analytically, and infer effective noise from training trajectories and logs.
+"""
+
+from ._artefact import config_of as config_of
+from ._artefact import read_netcdf as read_netcdf
+from ._artefact import versions as versions
+from ._artefact import write_netcdf as write_netcdf
+from ._errors import DivergenceError as DivergenceError
+from ._noise import AbstractNoise as AbstractNoise
+from ._noise import Isotropic as Isotropic
+from ._noise import Layerwise as Layerwise
+from ._noise import Minibatch as Minibatch
+from ._observables import Observables as Observables
+from ._problem import Problem as Problem
+from ._problems import PROBLEMS as PROBLEMS
+from ._problems import get_problem as get_problem
+from ._schedule import make_schedule as make_schedule
+from ._sde import simulate as simulate
+from ._sgd import sgd as sgd
+
+__version__ = "0.1.0"
