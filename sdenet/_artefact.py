@@ -50,6 +50,8 @@ def ensemble_dataset(out, problem, observables, save_every, paths, stats_only,
         else:
             dims = ("time", "path") + extra
         data_vars[name] = xr.Variable(dims, np.asarray(value), attrs)
+    if "weights" in observables.names(problem):
+        coords["weight"] = ("weight", np.arange(problem.n_params))
     if not stats_only:
         coords["path"] = ("path", np.arange(paths))
     ds = xr.Dataset(data_vars, coords=coords)

@@ -13,7 +13,7 @@ class DivergenceError(RuntimeError):
 
     def __init__(self, step: float, hint: dict | None = None):
         self.step = step
-        self.hint = hint or {}
+        self.hint = hint if hint is not None else {}
         msg = f"the run diverged: the train loss is not finite by step {step:g}"
         lr = self.hint.get("lr")
         lam = self.hint.get("lambda_max")

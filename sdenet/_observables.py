@@ -16,6 +16,7 @@ OBSERVABLE_DIMS = {
     "weight_norm": (),
     "distance_from_init": (),
     "hessian_trace": (),
+    "weights": ("weight",),
 }
 
 OBSERVABLE_DOCS = {
@@ -26,6 +27,7 @@ OBSERVABLE_DOCS = {
     "weight_norm": "‖θ‖₂",
     "distance_from_init": "‖θ − θ0‖₂",
     "hessian_trace": "Hutchinson estimate of tr ∇²L(θ)",
+    "weights": "the flat weight vector θ",
 }
 
 
@@ -36,6 +38,7 @@ class Observables(eqx.Module):
 
     - `train_points`, `test_points`: indices of the points whose outputs are recorded
       (None: all; an empty tuple: none).
+    - `weights`: also record the flat weight vector θ (dim ``weight``).
     - `hessian_trace`: also record a Hutchinson estimate of tr ∇²L with
       `hutchinson_probes` Rademacher probes (costs that many Hessian–vector products).
     """
@@ -43,6 +46,7 @@ class Observables(eqx.Module):
     train_points: tuple | None = eqx.field(static=True, default=None)
     test_points: tuple | None = eqx.field(static=True, default=None)
     hessian_trace: bool = eqx.field(static=True, default=False)
+    weights: bool = eqx.field(static=True, default=False)
     hutchinson_probes: int = eqx.field(static=True, default=8)
 
     def __check_init__(self):
@@ -75,6 +79,8 @@ class Observables(eqx.Module):
         out += ["weight_norm", "distance_from_init"]
         if self.hessian_trace:
             out.append("hessian_trace")
+        if self.weights:
+            out.append("weights")
         return out
 
     def __call__(
@@ -99,6 +105,8 @@ class Observables(eqx.Module):
             out["hessian_trace"] = problem.hessian_trace(
                 theta, key, self.hutchinson_probes
             )
+        if self.weights:
+            out["weights"] = theta
         return out
 
     def to_config(self) -> dict:
@@ -106,5 +114,6 @@ class Observables(eqx.Module):
             "train_points": None if self.train_points is None else list(self.train_points),
             "test_points": None if self.test_points is None else list(self.test_points),
             "hessian_trace": self.hessian_trace,
+            "weights": self.weights,
             "hutchinson_probes": self.hutchinson_probes,
         }

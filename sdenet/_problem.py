@@ -144,7 +144,8 @@ class Problem(eqx.Module):
         """
         params = self.params
         if isinstance(params, (list, tuple, dict)):
-            children = list(params.values()) if isinstance(params, dict) else params
+            # top-level children in the order ravel_pytree flattens them
+            children = jax.tree_util.tree_leaves(params, is_leaf=lambda x: x is not params)
         else:
             children = jax.tree_util.tree_leaves(params)
         ids = [
@@ -199,7 +200,6 @@ class Problem(eqx.Module):
         With c_i = 1/N this is ∇L; with c_i = (1/N)(ΔW_i − mean ΔW) it is the SGD
         noise direction (DESIGN §2).
         """
-        weights = jax.lax.stop_gradient(weights)
         return jax.grad(lambda t: jnp.sum(weights * self.per_sample_loss(t)))(theta)
 
     def batch_loss_grad(
@@ -265,13 +265,17 @@ class Problem(eqx.Module):
         """λ_max of ∇²L(θ) by power iteration (θ0 by default)."""
         theta = self.theta0 if theta is None else theta
         v = jnp.ones_like(theta) / jnp.sqrt(theta.shape[0])
-        hvp = jax.jit(self.loss_hvp)
         lam = jnp.zeros((), theta.dtype)
         for _ in range(iters):
-            w = hvp(theta, v)
+            w = _loss_hvp(self, theta, v)
             lam = jnp.vdot(v, w)
             norm = jnp.linalg.norm(w)
             if not bool(norm > 0):
                 break
             v = w / norm
         return float(lam)
+
+
+@eqx.filter_jit
+def _loss_hvp(problem, theta, v):
+    return problem.loss_hvp(theta, v)

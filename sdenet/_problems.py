@@ -57,7 +57,7 @@ def make_mlp_apply(activation: str, parametrisation: str):
             w = layer["w"]
             if parametrisation == "ntk":
                 w = w / math.sqrt(w.shape[0])
-            h = h @ w + layer["b"]
+            h = h @ w + layer["b"][None, :]
             if k < len(params) - 1:
                 h = phi(h)
         return h[:, 0]
@@ -66,7 +66,8 @@ def make_mlp_apply(activation: str, parametrisation: str):
 
 
 def _split(x, y, n_train, n_test):
-    return x[:n_train], y[:n_train], x[n_train : n_train + n_test], y[n_train:]
+    test = slice(n_train, n_train + n_test)
+    return x[:n_train], y[:n_train], x[test], y[test]
 
 
 def linear(n_train=64, n_test=64, dim=8, label_noise=0.5, seed=0, **_):
@@ -111,7 +112,7 @@ def random_features(n_train=32, n_test=32, width=64, activation="tanh",
     phi = _ACTIVATIONS[activation]
 
     def apply(params, x):
-        return phi(x @ w_feat + b_feat) @ params["readout"] / math.sqrt(width)
+        return phi(x @ w_feat + b_feat[None, :]) @ params["readout"] / math.sqrt(width)
 
     params = {"readout": jnp.zeros((width,))}
     return Problem(

@@ -1,0 +1,232 @@
+"""The ``sdenet`` command line.
+
+Exit codes: 0 success, 2 invalid input (flags, values, files), 3 a diverging run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+EXIT_INPUT = 2
+EXIT_DIVERGED = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _problem_flags(p):
+    g = p.add_argument_group("problem")
+    g.add_argument("--problem", default="linear",
+                   help="built-in problem (see `sdenet problems`; default linear)")
+    g.add_argument("--n-train", type=int, help="number of training points N")
+    g.add_argument("--n-test", type=int, help="number of test points M")
+    g.add_argument("--width", type=int, help="hidden width")
+    g.add_argument("--depth", type=int, help="number of hidden layers")
+    g.add_argument("--dim", type=int, help="input dimension (linear, teacher-student)")
+    g.add_argument("--activation", help="tanh, relu, gelu, erf, softplus, linear")
+    g.add_argument("--parametrisation", choices=["standard", "ntk"])
+    g.add_argument("--data-seed", type=int, help="seed of the data and initial weights")
+    g.add_argument("--x64", action="store_true", help="compute in float64")
+
+
+def _training_flags(p, paths_name):
+    g = p.add_argument_group("training")
+    g.add_argument("--lr", type=float, default=0.05, help="learning rate η (default 0.05)")
+    g.add_argument("--schedule", default="constant",
+                   help="constant, cosine, exponential or warmup-cosine (optax)")
+    g.add_argument("--steps", type=int, default=1000, help="SGD steps (default 1000)")
+    g.add_argument("--save-every", type=int, help="record every k steps (default steps/100)")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument(f"--{paths_name}", type=int, default=100,
+                   help=f"number of {paths_name} in the ensemble (default 100)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--stats-only", action="store_true",
+                   help="keep only ensemble mean/variance per save (memory-lean)")
+    g.add_argument("--train-points", help="comma-separated train indices to record "
+                   "outputs at (default all; 'none' for none)")
+    g.add_argument("--test-points", help="as --train-points, for test points")
+    g.add_argument("--hessian-trace", action="store_true",
+                   help="record a Hutchinson estimate of tr ∇²L")
+    g.add_argument("--out", required=True, help="output netCDF file")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _batch_flags(p):
+    p.add_argument("--batch-size", type=int, default=8, help="minibatch size B (default 8)")
+    p.add_argument("--sampling", choices=["iid", "reshuffle"], default="iid",
+                   help="iid minibatches or per-epoch random reshuffling")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sdenet", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("problems", help="list the built-in problems")
+
+    p = sub.add_parser("simulate", help="SDE ensemble of SGD (diffrax) -> netCDF")
+    _problem_flags(p)
+    g = p.add_argument_group("noise")
+    g.add_argument("--noise", choices=["isotropic", "layerwise", "minibatch"],
+                   default="minibatch")
+    g.add_argument("--sigma", default="0.01",
+                   help="σ (isotropic) or comma-separated σ_l (layerwise)")
+    _batch_flags(g)
+    g.add_argument("--scale", type=float, default=1.0, help="minibatch scale s (1 = SGD)")
+    g.add_argument("--solver", default="euler", help="euler, heun, sra1, shark")
+    g.add_argument("--dt", type=float, default=1.0, help="solver step in SGD steps")
+    g.add_argument("--sme", action="store_true",
+                   help="second-order SME drift correction −(η²/4)∇‖∇L‖²")
+    _training_flags(p, "paths")
+
+    p = sub.add_parser("sgd", help="real minibatch SGD runs (optax) -> netCDF")
+    _problem_flags(p)
+    _batch_flags(p)
+    _training_flags(p, "runs")
+    return parser
+
+
+def _indices(text):
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"point indices must be comma-separated integers, got {text!r}.")
+
+
+def _problem(args):
+    import jax
+
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    from ._problems import get_problem
+
+    return get_problem(
+        args.problem, n_train=args.n_train, n_test=args.n_test, width=args.width,
+        depth=args.depth, dim=args.dim, activation=args.activation,
+        parametrisation=args.parametrisation, seed=args.data_seed,
+    )
+
+
+def _noise(args):
+    from ._noise import Isotropic, Layerwise, Minibatch
+
+    if args.noise == "minibatch":
+        return Minibatch(args.batch_size, args.scale, args.sampling)
+    try:
+        sigmas = [float(v) for v in args.sigma.split(",")]
+    except ValueError:
+        raise ValueError(f"--sigma must be a number or comma-separated numbers, "
+                         f"got {args.sigma!r}.")
+    if args.noise == "isotropic":
+        if len(sigmas) != 1:
+            raise ValueError("--noise isotropic takes a single --sigma value.")
+        return Isotropic(sigmas[0])
+    return Layerwise(sigmas)
+
+
+def _common(args, problem):
+    from ._observables import Observables
+    from ._schedule import make_schedule
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be ≥ 1, got {args.steps}.")
+    lr = make_schedule(args.schedule, args.lr, args.steps)
+    obs = Observables(train_points=_indices(args.train_points),
+                      test_points=_indices(args.test_points),
+                      hessian_trace=args.hessian_trace)
+    obs.indices(problem)
+    return lr, obs
+
+
+def _summary(ds, out, seconds):
+    name = "train_loss_mean" if "train_loss_mean" in ds else "train_loss"
+    loss = ds[name]
+    final = float(loss.isel(time=-1).mean()) if name == "train_loss" else float(
+        loss.isel(time=-1))
+    print(f"wrote {out}: {ds.attrs.get('kind')} ensemble of {ds.attrs.get('n_paths')} "
+          f"paths, {ds.sizes['time']} saves; final mean train loss {final:.6g} "
+          f"({seconds:.1f} s)")
+
+
+def _cmd_problems(args):
+    from ._problems import PROBLEMS
+
+    width = max(map(len, PROBLEMS))
+    for name, entry in PROBLEMS.items():
+        print(f"{name:<{width}}  {entry.summary}")
+
+
+def _cmd_simulate(args):
+    import jax
+
+    from ._artefact import write_netcdf
+    from ._sde import simulate
+
+    problem = _problem(args)
+    lr, obs = _common(args, problem)
+    start = time.perf_counter()
+    ds = simulate(problem, _noise(args), lr, args.steps, args.paths,
+                  jax.random.key(args.seed), save_every=args.save_every, dt=args.dt,
+                  solver=args.solver, sme_correction=args.sme,
+                  weight_decay=args.weight_decay, observables=obs,
+                  stats_only=args.stats_only, progress=not args.quiet, seed=args.seed)
+    write_netcdf(ds, args.out)
+    _summary(ds, args.out, time.perf_counter() - start)
+
+
+def _cmd_sgd(args):
+    import jax
+
+    from ._artefact import write_netcdf
+    from ._sgd import sgd
+
+    problem = _problem(args)
+    lr, obs = _common(args, problem)
+    start = time.perf_counter()
+    ds = sgd(problem, args.batch_size, lr, args.steps, args.runs,
+             jax.random.key(args.seed), sampling=args.sampling,
+             save_every=args.save_every, weight_decay=args.weight_decay,
+             observables=obs, stats_only=args.stats_only, progress=not args.quiet,
+             seed=args.seed)
+    write_netcdf(ds, args.out)
+    _summary(ds, args.out, time.perf_counter() - start)
+
+
+COMMANDS = {
+    "problems": _cmd_problems,
+    "simulate": _cmd_simulate,
+    "sgd": _cmd_sgd,
+}
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``sdenet`` console script; returns the exit code."""
+    from ._errors import DivergenceError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        COMMANDS[args.command](args)
+    except DivergenceError as err:
+        print(f"sdenet {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        print(f"sdenet {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

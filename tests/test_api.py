@@ -1,0 +1,12 @@
+import sdenet
+
+PUBLIC = {
+    "AbstractNoise", "DivergenceError", "Isotropic", "Layerwise", "Minibatch",
+    "Observables", "PROBLEMS", "Problem", "config_of", "get_problem", "make_schedule",
+    "read_netcdf", "sgd", "simulate", "versions", "write_netcdf",
+}
+
+
+def test_public_names_are_pinned():
+    names = {n for n in dir(sdenet) if not n.startswith("_")}
+    assert names == PUBLIC, names ^ PUBLIC
