@@ -8,6 +8,7 @@ from ._artefact import config_of as config_of
 from ._artefact import read_netcdf as read_netcdf
 from ._artefact import versions as versions
 from ._artefact import write_netcdf as write_netcdf
+from ._closure import closure as closure
 from ._errors import DivergenceError as DivergenceError
 from ._noise import AbstractNoise as AbstractNoise
 from ._noise import Isotropic as Isotropic

@@ -1,7 +1,7 @@
 import sdenet
 
 PUBLIC = {
-    "AbstractNoise", "DivergenceError", "Isotropic", "Layerwise", "Minibatch",
+    "AbstractNoise", "DivergenceError", "closure", "Isotropic", "Layerwise", "Minibatch",
     "Observables", "PROBLEMS", "Problem", "config_of", "get_problem", "make_schedule",
     "read_netcdf", "sgd", "simulate", "versions", "write_netcdf",
 }
