@@ -9,6 +9,7 @@ from ._artefact import read_netcdf as read_netcdf
 from ._artefact import versions as versions
 from ._artefact import write_netcdf as write_netcdf
 from ._closure import closure as closure
+from ._closure_second import ClosureDomainWarning as ClosureDomainWarning
 from ._errors import DivergenceError as DivergenceError
 from ._noise import AbstractNoise as AbstractNoise
 from ._noise import Isotropic as Isotropic
@@ -21,5 +22,6 @@ from ._problems import get_problem as get_problem
 from ._schedule import make_schedule as make_schedule
 from ._sde import simulate as simulate
 from ._sgd import sgd as sgd
+from ._start import trained_weights as trained_weights
 
 __version__ = "0.1.0"

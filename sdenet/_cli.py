@@ -33,6 +33,14 @@ def _problem_flags(p):
     g.add_argument("--parametrisation", choices=["standard", "ntk"])
     g.add_argument("--data-seed", type=int, help="seed of the data and initial weights")
     g.add_argument("--x64", action="store_true", help="compute in float64")
+    g.add_argument("--start", choices=["init", "trained"], default="init",
+                   help="start at the initial weights or at weights trained by "
+                   "full-batch gradient descent (near a minimum)")
+    g.add_argument("--start-lr", type=float,
+                   help="learning rate of the descent to the trained start "
+                   "(default 1/λ_max)")
+    g.add_argument("--start-steps", type=int, default=5000,
+                   help="gradient-descent steps to the trained start (default 5000)")
 
 
 def _training_flags(p, paths_name):
@@ -88,6 +96,38 @@ def build_parser() -> argparse.ArgumentParser:
     _problem_flags(p)
     _batch_flags(p)
     _training_flags(p, "runs")
+
+    p = sub.add_parser("closure", help="analytic output mean/variance -> netCDF")
+    _problem_flags(p)
+    g = p.add_argument_group("noise")
+    g.add_argument("--noise", choices=["isotropic", "layerwise", "minibatch"],
+                   default="minibatch")
+    g.add_argument("--sigma", default="0.01",
+                   help="σ (isotropic) or comma-separated σ_l (layerwise)")
+    _batch_flags(g)
+    g.add_argument("--scale", type=float, default=1.0, help="minibatch scale s (1 = SGD)")
+    g = p.add_argument_group("closure")
+    g.add_argument("--order", type=int, choices=[1, 2], default=1)
+    g.add_argument("--expand", choices=["initial", "mean"], default="mean",
+                   help="second order: expand at θ0 or re-expand at the running mean")
+    g.add_argument("--curvature", choices=["hessian", "psd", "gauss-newton"],
+                   default="hessian", help="second order: curvature in the covariance "
+                   "equation")
+    g.add_argument("--dt", type=float, default=1.0, help="second order: step (SGD steps)")
+    g.add_argument("--covariance", action="store_true",
+                   help="also store the full output covariance")
+    g = p.add_argument_group("training")
+    g.add_argument("--lr", type=float, default=0.05, help="learning rate η (default 0.05)")
+    g.add_argument("--steps", type=int, default=1000, help="SGD steps (default 1000)")
+    g.add_argument("--save-every", type=int, help="record every k steps (default steps/100)")
+    g.add_argument("--seed", type=int, default=0, help="recorded only (the closure is "
+                   "deterministic)")
+    g.add_argument("--out", required=True, help="output netCDF file")
+
+    p = sub.add_parser("compare", help="closure vs ensemble: error table and figure")
+    p.add_argument("ensemble", help="netCDF from `sdenet simulate` or `sdenet sgd`")
+    p.add_argument("closure", help="netCDF from `sdenet closure`")
+    p.add_argument("--out", help="figure file (PNG); omitted: table only")
     return parser
 
 
@@ -114,6 +154,20 @@ def _problem(args):
         depth=args.depth, dim=args.dim, activation=args.activation,
         parametrisation=args.parametrisation, seed=args.data_seed,
     )
+
+
+def _start(args, problem):
+    """None (the problem's θ0) or weights trained by gradient descent."""
+    if args.start == "init":
+        return None
+    from ._start import trained_weights
+
+    lr = args.start_lr
+    if lr is None:
+        lr = 1.0 / problem.max_curvature()
+    if args.start_steps < 1:
+        raise ValueError(f"--start-steps must be ≥ 1, got {args.start_steps}.")
+    return trained_weights(problem, lr, args.start_steps)
 
 
 def _noise(args):
@@ -178,6 +232,7 @@ def _cmd_simulate(args):
                   jax.random.key(args.seed), save_every=args.save_every, dt=args.dt,
                   solver=args.solver, sme_correction=args.sme,
                   weight_decay=args.weight_decay, observables=obs,
+                  theta0=_start(args, problem),
                   stats_only=args.stats_only, progress=not args.quiet, seed=args.seed)
     write_netcdf(ds, args.out)
     _summary(ds, args.out, time.perf_counter() - start)
@@ -195,13 +250,54 @@ def _cmd_sgd(args):
     ds = sgd(problem, args.batch_size, lr, args.steps, args.runs,
              jax.random.key(args.seed), sampling=args.sampling,
              save_every=args.save_every, weight_decay=args.weight_decay,
-             observables=obs, stats_only=args.stats_only, progress=not args.quiet,
+             observables=obs, theta0=_start(args, problem), stats_only=args.stats_only, progress=not args.quiet,
              seed=args.seed)
     write_netcdf(ds, args.out)
     _summary(ds, args.out, time.perf_counter() - start)
 
 
+def _cmd_closure(args):
+    import warnings
+
+    from ._artefact import write_netcdf
+    from ._closure import closure
+
+    problem = _problem(args)
+    noise = _noise(args)
+    options = {}
+    if args.order == 2:
+        options = dict(expand=args.expand, curvature=args.curvature, dt=args.dt)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = closure(problem, noise, args.lr, args.steps, order=args.order,
+                     save_every=args.save_every, theta0=_start(args, problem),
+                     covariance=args.covariance, seed=args.seed, **options)
+    for w in caught:
+        print(f"sdenet closure: warning: {w.message}", file=sys.stderr)
+    write_netcdf(ds, args.out)
+    print(f"wrote {args.out}: order-{args.order} closure, {ds.sizes['time']} saves; "
+          f"final expected train loss {float(ds.train_loss_mean[-1]):.6g} "
+          f"({time.perf_counter() - start:.1f} s)")
+
+
+def _cmd_compare(args):
+    from ._artefact import read_netcdf
+    from ._compare import compare, format_table
+
+    sim, clo = read_netcdf(args.ensemble), read_netcdf(args.closure)
+    rows = compare(sim, clo)
+    print(format_table(rows))
+    if args.out:
+        from ._plots import compare_figure, save_figure
+
+        save_figure(compare_figure(sim, clo), args.out)
+        print(f"wrote {args.out}")
+
+
 COMMANDS = {
+    "closure": _cmd_closure,
+    "compare": _cmd_compare,
     "problems": _cmd_problems,
     "simulate": _cmd_simulate,
     "sgd": _cmd_sgd,

@@ -1,7 +1,8 @@
 import sdenet
 
 PUBLIC = {
-    "AbstractNoise", "DivergenceError", "closure", "Isotropic", "Layerwise", "Minibatch",
+    "AbstractNoise", "DivergenceError", "closure", "ClosureDomainWarning",
+    "trained_weights", "Isotropic", "Layerwise", "Minibatch",
     "Observables", "PROBLEMS", "Problem", "config_of", "get_problem", "make_schedule",
     "read_netcdf", "sgd", "simulate", "versions", "write_netcdf",
 }
