@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -18,13 +19,18 @@ _PACKAGES = ("sdenet", "jax", "jaxlib", "diffrax", "equinox", "lineax", "optax",
 
 def versions() -> dict[str, str]:
     """Installed versions of sdenet and the libraries it stands on."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> tuple:
     out = {}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
-    return out
+    return tuple(out.items())
 
 
 def ensemble_dataset(out, problem, observables, save_every, paths, stats_only,
