@@ -11,6 +11,12 @@ from ._artefact import write_netcdf as write_netcdf
 from ._closure import closure as closure
 from ._closure_second import ClosureDomainWarning as ClosureDomainWarning
 from ._errors import DivergenceError as DivergenceError
+from ._fit import FitDiagnosticWarning as FitDiagnosticWarning
+from ._fit import write_posterior as write_posterior
+from ._fit_logs import fit as fit
+from ._logs import LogError as LogError
+from ._logs import Run as Run
+from ._logs import read_logs as read_logs
 from ._noise import AbstractNoise as AbstractNoise
 from ._noise import Isotropic as Isotropic
 from ._noise import Layerwise as Layerwise

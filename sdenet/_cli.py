@@ -124,6 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "deterministic)")
     g.add_argument("--out", required=True, help="output netCDF file")
 
+    p = sub.add_parser("fit", help="fit a noise model to training logs (NumPyro NUTS)")
+    p.add_argument("logs", nargs="+", help="CSV/TSV/JSONL logs (run,step,loss[,lr,"
+                   "batch_size,test_loss]) or ensembles from `sdenet sgd`")
+    p.add_argument("--model", choices=["scaling", "loss-curve", "trajectory"],
+                   default="scaling")
+    p.add_argument("--modes", default="auto",
+                   help="OU modes of the scaling model, or 'auto' (LOO over 1..3)")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--step-col", default="step")
+    p.add_argument("--loss-col", default="loss")
+    p.add_argument("--run-col", default="run")
+    p.add_argument("--lr", type=float, help="learning rate of runs without an lr column")
+    p.add_argument("--batch-size", type=float,
+                   help="batch size of runs without a batch_size column")
+    p.add_argument("--out", required=True, help="posterior netCDF (ArviZ InferenceData)")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("compare", help="closure vs ensemble: error table and figure")
     p.add_argument("ensemble", help="netCDF from `sdenet simulate` or `sdenet sgd`")
     p.add_argument("closure", help="netCDF from `sdenet closure`")
@@ -295,7 +315,60 @@ def _cmd_compare(args):
         print(f"wrote {args.out}")
 
 
+def _cmd_fit(args):
+    import warnings
+
+    import arviz as az
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # NUTS energies over many log points
+
+    from ._fit import write_posterior
+    from ._fit_logs import fit
+    from ._logs import read_logs
+
+    defaults = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size))
+                if v is not None}
+    runs = read_logs(args.logs, step_col=args.step_col, loss_col=args.loss_col,
+                     run_col=args.run_col, defaults=defaults)
+    modes = args.modes if args.modes == "auto" else _positive_int(args.modes, "--modes")
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idata = fit(runs, args.model, modes=modes, chains=args.chains,
+                    warmup=args.warmup, samples=args.samples, seed=args.seed,
+                    progress=not args.quiet)
+    names = [v for v in ("L_star", "alpha", "beta", "F0", "rate", "obs_sd")
+             if v in idata.posterior]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        print(az.summary(idata, var_names=names, hdi_prob=0.9).to_string())
+    import json
+
+    cfg = json.loads(idata.posterior.attrs["sdenet_config"])
+    d = cfg["diagnostics"]
+    print(f"modes K = {cfg['modes']}; max r_hat {d['max_rhat']:.3f}, min bulk ESS "
+          f"{d['min_ess_bulk']:.0f}, divergences {d['divergences']} "
+          f"({time.perf_counter() - start:.1f} s)")
+    for w in caught:
+        if "Diagnostic" in type(w.message).__name__:
+            print(f"sdenet fit: warning: {w.message}", file=sys.stderr)
+    write_posterior(idata, args.out)
+    print(f"wrote {args.out}")
+
+
+def _positive_int(text, flag):
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{flag} must be a positive integer or 'auto', got {text!r}.")
+    if value < 1:
+        raise ValueError(f"{flag} must be ≥ 1, got {value}.")
+    return value
+
+
 COMMANDS = {
+    "fit": _cmd_fit,
     "closure": _cmd_closure,
     "compare": _cmd_compare,
     "problems": _cmd_problems,

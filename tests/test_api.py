@@ -2,7 +2,8 @@ import sdenet
 
 PUBLIC = {
     "AbstractNoise", "DivergenceError", "closure", "ClosureDomainWarning",
-    "trained_weights", "Isotropic", "Layerwise", "Minibatch",
+    "trained_weights", "FitDiagnosticWarning", "write_posterior", "fit", "LogError", "Run",
+    "read_logs", "Isotropic", "Layerwise", "Minibatch",
     "Observables", "PROBLEMS", "Problem", "config_of", "get_problem", "make_schedule",
     "read_netcdf", "sgd", "simulate", "versions", "write_netcdf",
 }

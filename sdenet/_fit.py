@@ -1,0 +1,116 @@
+"""`fit`: NUTS over a likelihood family, returning an ArviZ InferenceData."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer import MCMC, NUTS
+
+from ._artefact import versions
+
+FAMILIES = ("scaling", "loss-curve", "trajectory")
+
+
+class FitDiagnosticWarning(UserWarning):
+    """NUTS diagnostics are bad (r_hat > 1.01, low ESS or divergences)."""
+
+
+def run_nuts(model, model_kwargs, *, chains=4, warmup=500, samples=500, seed=0,
+             progress=False, target_accept=0.9, init_strategy=None, dense_mass=True,
+             max_tree_depth=8):
+    """Run NUTS; chains are vectorised (one XLA program) unless devices allow parallel."""
+    from numpyro.infer import init_to_median
+
+    kernel = NUTS(model, target_accept_prob=target_accept, dense_mass=dense_mass,
+                  max_tree_depth=max_tree_depth,
+                  init_strategy=init_strategy or init_to_median(num_samples=15))
+    method = "parallel" if len(jax.devices()) >= chains > 1 else "vectorized"
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=samples, num_chains=chains,
+                chain_method=method, progress_bar=progress)
+    mcmc.run(jax.random.PRNGKey(seed), extra_fields=(
+        "diverging", "num_steps", "accept_prob", "potential_energy"), **model_kwargs)
+    return mcmc
+
+
+def diagnostics(idata, var_names=None) -> dict:
+    """Worst r_hat, smallest bulk/tail ESS and the number of divergences."""
+    post = idata.posterior
+    names = var_names or [v for v in post.data_vars if post[v].ndim <= 3]
+    rhat = az.rhat(post, var_names=names)
+    ess_bulk = az.ess(post, var_names=names, method="bulk")
+    ess_tail = az.ess(post, var_names=names, method="tail")
+
+    def extreme(ds, fn):
+        vals = [float(fn(ds[v].values)) for v in ds.data_vars if ds[v].size]
+        return fn(np.asarray(vals)) if vals else float("nan")
+
+    div = int(idata.sample_stats["diverging"].sum()) if "diverging" in \
+        idata.sample_stats else 0
+    return {"max_rhat": float(extreme(rhat, np.nanmax)),
+            "min_ess_bulk": float(extreme(ess_bulk, np.nanmin)),
+            "min_ess_tail": float(extreme(ess_tail, np.nanmin)),
+            "divergences": div,
+            "draws": int(post.sizes["chain"] * post.sizes["draw"])}
+
+
+def warn_on_diagnostics(diag: dict) -> list[str]:
+    """Warn (FitDiagnosticWarning) on r_hat > 1.01, ESS < 100 or any divergence."""
+    msgs = []
+    if not diag["max_rhat"] <= 1.01:
+        msgs.append(f"r_hat up to {diag['max_rhat']:.3f} > 1.01: chains disagree; run "
+                    "more warm-up/samples or check the model")
+    if not diag["min_ess_bulk"] >= 100:
+        msgs.append(f"bulk ESS as low as {diag['min_ess_bulk']:.0f} < 100: posterior "
+                    "summaries are imprecise; run more samples")
+    if diag["divergences"]:
+        msgs.append(f"{diag['divergences']} divergent transitions: the posterior "
+                    "geometry is hard; results may be biased (raise target_accept)")
+    for m in msgs:
+        warnings.warn(m, FitDiagnosticWarning, stacklevel=3)
+    return msgs
+
+
+def stamp(idata, config: dict):
+    """Record configuration, versions and diagnostics in every group's attrs."""
+    attrs = {"sdenet_config": json.dumps(config, sort_keys=True, default=repr),
+             "sdenet_versions": json.dumps(versions(), sort_keys=True)}
+    for group in idata.groups():
+        idata[group].attrs.update(attrs)
+    return idata
+
+
+def write_posterior(idata, path) -> str:
+    """Save InferenceData to netCDF atomically (temporary file, then rename)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out {path}: folder {folder} does not exist.")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sdenet-", suffix=".nc.tmp")
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def pointwise_over_draws(fn, samples: dict, *args, chunk=200):
+    """Apply ``fn(params, *args)`` to every posterior draw (vmapped in chunks)."""
+    flat = {k: jnp.asarray(v).reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
+    n = next(iter(flat.values())).shape[0]
+    outs = []
+    f = jax.jit(jax.vmap(lambda p: fn(p, *args)))
+    for start in range(0, n, chunk):
+        outs.append(jax.tree_util.tree_map(
+            np.asarray, f({k: v[start:start + chunk] for k, v in flat.items()})))
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *outs)

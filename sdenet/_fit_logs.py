@@ -1,0 +1,139 @@
+"""`fit`: the user entry point over the likelihood families."""
+
+from __future__ import annotations
+
+import warnings
+
+import arviz as az
+import numpy as np
+
+from ._fit import (FitDiagnosticWarning, diagnostics, pointwise_over_draws, run_nuts,
+                   stamp, warn_on_diagnostics)
+from numpyro.infer import init_to_value
+
+from ._infer_scaling import prepare_scaling, scaling_init, scaling_model, scaling_pointwise
+
+SCALING_VARS = ["L_star", "alpha", "beta", "F0", "rate", "A_total", "obs_sd"]
+
+
+def _scaling_idata(runs, modes, *, chains, warmup, samples, seed, progress, priors,
+                   plateau_check=True, observation_noise=True):
+    data = prepare_scaling(runs, plateau_check=plateau_check)
+    jdata = data.to_jax()
+    kwargs = dict(data=jdata, modes=modes, eta_ref=data.eta_ref, b_ref=data.b_ref,
+                  scale=data.scale, priors=priors, observation_noise=observation_noise)
+    mcmc = run_nuts(scaling_model, kwargs, chains=chains, warmup=warmup,
+                    samples=samples, seed=seed, progress=progress,
+                    init_strategy=init_to_value(values={
+                        k: v for k, v in scaling_init(data, modes).items()
+                        if observation_noise or k != "obs_sd"}))
+    post = mcmc.get_samples(group_by_chain=True)
+    keys = ["L_star", "log_rate", "A_total", "A_share", "floor_share", "log_F0",
+            "alpha", "beta", "obs_sd"]
+    params = {k: post[k] for k in keys if k in post}
+    if not observation_noise:
+        params["obs_sd"] = np.zeros(post["alpha"].shape)
+    if modes == 1:
+        shape = post["alpha"].shape + (1,)
+        params["A_share"] = np.ones(shape)
+        params["floor_share"] = np.ones(shape)
+    ll, mean, sd = pointwise_over_draws(scaling_pointwise, params, jdata, data.eta_ref,
+                                        data.b_ref, data.scale)
+    n_chain, n_draw = post["alpha"].shape[:2]
+    r, t = data.y.shape
+    ll = ll.reshape(n_chain, n_draw, r, t)
+    mean = mean.reshape(n_chain, n_draw, r, t)
+    sd = sd.reshape(n_chain, n_draw, r, t)
+    rng = np.random.default_rng(seed)
+    pred = mean + sd * rng.standard_normal(mean.shape)
+    coords = {"run": list(data.names), "log_point": np.arange(t),
+              "mode": np.arange(modes)}
+    dims = {"log_rate": ["mode"], "rate": ["mode"], "A_share": ["mode"],
+            "floor_share": ["mode"], "floor": ["run"], "loss": ["run", "log_point"],
+            "mean_curve": ["run", "log_point"]}
+    mask = data.mask
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    stats = {"diverging": np.asarray(extra["diverging"])}
+    for key in ("num_steps", "accept_prob", "potential_energy"):
+        if key in extra:
+            stats[key] = np.asarray(extra[key])
+    posterior = {k: np.asarray(v) for k, v in post.items()}
+    idata = az.from_dict(
+        posterior=posterior,
+        sample_stats=stats,
+        # LOO over the real (unpadded) log points only
+        log_likelihood={"loss": ll[:, :, mask]},
+        posterior_predictive={"loss": np.where(mask, pred, np.nan),
+                              "mean_curve": np.where(mask, mean, np.nan)},
+        observed_data={"loss": np.where(mask, data.y, np.nan)},
+        constant_data={"lr": data.lr, "batch_size": data.batch_size,
+                       "step": data.t.astype(float)},
+        coords=coords | {"point": np.arange(int(mask.sum()))},
+        dims=dims | {"step": ["run", "log_point"], "lr": ["run"],
+                     "batch_size": ["run"]},
+    )
+    idata.log_likelihood["loss"] = idata.log_likelihood["loss"].rename(
+        {idata.log_likelihood["loss"].dims[-1]: "point"})
+    return idata, data
+
+
+def fit(runs, model: str = "scaling", *, modes="auto", chains: int = 4,
+        warmup: int = 500, samples: int = 500, seed: int = 0, progress: bool = False,
+        priors: dict | None = None, max_modes: int = 3, plateau_check: bool = True,
+        observation_noise: bool | None = None):
+    """Fit a noise model to training logs with NUTS; returns ArviZ InferenceData.
+
+    **Arguments:**
+
+    - `runs`: `Run` objects (`read_logs`).
+    - `model`: "scaling" (logs alone: OU spectrum with floor F0 (η/η_ref)^α
+      (B/B_ref)^(−β)).
+    - `modes`: number K of OU modes, or "auto" to choose K ∈ 1..max_modes by LOO
+      (`az.compare`); the comparison is stored in the attrs.
+    - `chains`, `warmup`, `samples`, `seed`: NUTS settings.
+    - `priors`: override default priors by site name (NumPyro distributions).
+    - `observation_noise`: model independent noise of logged minibatch losses
+      (default: on, except for runs read from sdenet's own netCDF ensembles, which
+      log the full-batch loss).
+
+    Warns (`FitDiagnosticWarning`) on r_hat > 1.01, bulk ESS < 100 or divergences.
+    """
+    if model != "scaling":
+        raise ValueError(f"--model {model!r}: this version fits 'scaling'; the "
+                         "'loss-curve' and 'trajectory' families are in progress.")
+    if chains < 1 or warmup < 1 or samples < 1:
+        raise ValueError("--chains, --warmup and --samples must be ≥ 1.")
+    if observation_noise is None:
+        observation_noise = not all(r.source.endswith(".nc") for r in runs)
+    config = {"family": model, "observation_noise": bool(observation_noise),
+              "chains": chains, "warmup": warmup, "samples": samples,
+              "seed": seed, "runs": len(runs)}
+    candidates = list(range(1, max_modes + 1)) if modes == "auto" else [int(modes)]
+    fits = {}
+    for k in candidates:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            idata, data = _scaling_idata(runs, k, chains=chains, warmup=warmup,
+                                         samples=samples, seed=seed, progress=progress,
+                                         priors=priors, plateau_check=plateau_check,
+                                         observation_noise=observation_noise)
+        fits[f"K={k}"] = idata
+    if len(fits) > 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = az.compare(fits, ic="loo")
+        best = table.index[0]
+        config["mode_comparison"] = table[["rank", "elpd_loo", "p_loo", "elpd_diff",
+                                           "dse", "weight"]].round(4).to_dict()
+    else:
+        best = next(iter(fits))
+    idata = fits[best]
+    config["modes"] = int(best.split("=")[1])
+    config["eta_ref"], config["b_ref"] = data.eta_ref, data.b_ref
+    diag = diagnostics(idata, [v for v in SCALING_VARS if v in idata.posterior])
+    config["diagnostics"] = diag
+    config["diagnostic_warnings"] = warn_on_diagnostics(diag)
+    return stamp(idata, config)
+
+
+__all__ = ["fit", "FitDiagnosticWarning"]
