@@ -77,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("problems", help="list the built-in problems")
 
+    p = sub.add_parser("demo", help="the whole story on the default problem -> HTML report")
+    p.add_argument("--out", default="sdenet-demo", help="output folder (default sdenet-demo)")
+    p.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("report", help="HTML page of figures for sdenet artefacts")
+    p.add_argument("files", nargs="+", help="netCDF artefacts (ensembles, closures, "
+                   "posteriors)")
+    p.add_argument("--out", required=True, help="output folder")
+
     p = sub.add_parser("simulate", help="SDE ensemble of SGD (diffrax) -> netCDF")
     _problem_flags(p)
     g = p.add_argument_group("noise")
@@ -367,7 +377,23 @@ def _positive_int(text, flag):
     return value
 
 
+def _cmd_demo(args):
+    from ._demo import demo
+
+    index = demo(args.out, quick=args.quick, seed=args.seed)
+    print(f"wrote {index}")
+
+
+def _cmd_report(args):
+    from ._report import report
+
+    index = report(args.files, args.out)
+    print(f"wrote {index}")
+
+
 COMMANDS = {
+    "demo": _cmd_demo,
+    "report": _cmd_report,
     "fit": _cmd_fit,
     "closure": _cmd_closure,
     "compare": _cmd_compare,
