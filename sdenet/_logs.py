@@ -8,6 +8,7 @@ Every fault raises `LogError` naming the file (and line) and what to do.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import numpy as np
 REQUIRED = ("run", "step", "loss")
 META = ("lr", "batch_size", "sampling")
 MIN_POINTS = 5
+LOG_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".ndjson", ".json", ".nc")
 
 
 class LogError(ValueError):
@@ -99,8 +101,6 @@ def read_log(path, *, step_col="step", loss_col="loss", run_col="run",
     path = os.fspath(path)
     if not os.path.exists(path):
         raise LogError(f"{path}: no such file.")
-    if os.path.isdir(path):
-        raise LogError(f"{path}: is a folder; pass the log files inside it.")
     if path.endswith(".nc"):
         return _read_netcdf(path, defaults)
     rows = _rows_jsonl(path) if path.endswith((".jsonl", ".json", ".ndjson")) \
@@ -110,12 +110,17 @@ def read_log(path, *, step_col="step", loss_col="loss", run_col="run",
     for line, header, row in rows:
         if seen_header is None:
             seen_header = header
+            wide = [c for c in header if c.endswith(f" - {loss_col}")]
+            if loss_col not in header and wide:
+                return _read_wide(path, step_col, loss_col, wide, defaults)
             missing = [c for c in (step_col, loss_col) if c not in header]
             if missing:
                 raise LogError(
                     f"{path}: missing column(s) {', '.join(missing)}; the columns present "
                     f"are {', '.join(header)} (map them with --step-col/--loss-col/"
                     "--run-col).")
+        if row.get(loss_col) in ("", None):
+            continue  # sparse logs (Lightning): this row logs other metrics
         name = str(row.get(run_col, "0")) if run_col in row else "0"
         step = _number(row.get(step_col), path, line, step_col)
         loss = _number(row.get(loss_col), path, line, loss_col)
@@ -137,15 +142,68 @@ def read_log(path, *, step_col="step", loss_col="loss", run_col="run",
                 if old != value:
                     raise LogError(f"{path}:{line}: run {name!r} has conflicting {key} "
                                    f"values {old} and {value}.")
-    if seen_header is None:
+    if seen_header is None or not runs:
         raise LogError(f"{path}: the log holds no data rows.")
+    defaults = _sidecar(path) | dict(defaults or {})
     out = []
     for name, run in runs.items():
-        meta = dict(defaults or {}) | run["meta"]
+        meta = {k: v for k, v in defaults.items() if k != "runs"} | \
+            defaults.get("runs", {}).get(name, {}) | run["meta"]
         test = np.asarray(run["test"]) if len(run["test"]) == len(run["step"]) else None
         out.append(Run(name, np.asarray(run["step"]), np.asarray(run["loss"]), test, meta,
                        path))
     return out
+
+
+def _sidecar(path) -> dict:
+    """Metadata beside a log: FILE.meta.json or FILE.meta.toml, e.g.
+    ``{"lr": 0.1, "batch_size": 32, "runs": {"seed1": {"lr": 0.2}}}``."""
+    stem = os.path.splitext(path)[0]
+    for ext in (".meta.json", ".meta.toml"):
+        side = stem + ext
+        if not os.path.exists(side):
+            continue
+        try:
+            if ext.endswith("json"):
+                with open(side) as fh:
+                    meta = json.load(fh)
+            else:
+                import tomllib
+
+                with open(side, "rb") as fh:
+                    meta = tomllib.load(fh)
+        except (ValueError, OSError) as err:
+            raise LogError(f"{side}: unreadable metadata ({err}).") from None
+        if not isinstance(meta, dict):
+            raise LogError(f"{side}: metadata must be a table/object.")
+        return meta
+    return {}
+
+
+def _read_wide(path, step_col, loss_col, columns, defaults):
+    """W&B CSV export: one ``Step`` column and a ``<run> - <metric>`` column per run."""
+    steps = {c: [] for c in columns}
+    losses = {c: [] for c in columns}
+    for line, header, row in _rows_csv(path):
+        scol = step_col if step_col in row else ("Step" if "Step" in row else None)
+        if scol is None:
+            raise LogError(f"{path}: a W&B export needs a {step_col!r} or 'Step' column; "
+                           f"the columns present are {', '.join(header)}.")
+        for c in columns:
+            if row.get(c, "") == "":
+                continue
+            step = _number(row[scol], path, line, scol)
+            if steps[c] and step <= steps[c][-1]:
+                raise LogError(f"{path}:{line}: run {c!r} repeats or goes back to step "
+                               f"{step:g}; steps must increase within a run.")
+            steps[c].append(step)
+            losses[c].append(_number(row[c], path, line, c))
+    meta = _sidecar(path) | dict(defaults or {})
+    return [Run(c.removesuffix(f" - {loss_col}"), np.asarray(steps[c]),
+                np.asarray(losses[c]), None,
+                {k: v for k, v in meta.items() if k != "runs"} | meta.get("runs", {}).get(
+                    c.removesuffix(f" - {loss_col}"), {}), path)
+            for c in columns if steps[c]]
 
 
 def _read_netcdf(path, defaults):
@@ -180,6 +238,24 @@ def read_logs(paths, *, min_points=MIN_POINTS, **options) -> list[Run]:
     """Read several log files; run names are prefixed by the file when needed."""
     if not paths:
         raise LogError("no log files given.")
+    expanded = []
+    for path in map(os.fspath, paths):
+        if os.path.isdir(path):
+            found = sorted(f for f in glob.glob(os.path.join(path, "**", "*"),
+                                                recursive=True)
+                           if f.endswith(LOG_SUFFIXES) and ".meta." not in f)
+            if not found:
+                raise LogError(f"{path}: the folder holds no log files "
+                               f"({', '.join(LOG_SUFFIXES)}).")
+            expanded += found
+        elif any(ch in path for ch in "*?[") and not os.path.exists(path):
+            found = sorted(glob.glob(path))
+            if not found:
+                raise LogError(f"{path}: the pattern matches no file.")
+            expanded += found
+        else:
+            expanded.append(path)
+    paths = expanded
     runs = []
     for path in paths:
         got = read_log(path, **options)

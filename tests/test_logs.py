@@ -1,10 +1,14 @@
 """Training-log reading and validation."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from sdenet._cli import main
 from sdenet._logs import LogError, read_logs
 
 
@@ -54,3 +58,59 @@ def test_malformed_logs_name_file_and_fault(tmp_path, text, needle):
 def test_missing_file(tmp_path):
     with pytest.raises(LogError, match="no such file"):
         read_logs([str(tmp_path / "nope.csv")])
+
+
+MALFORMED = sorted(p for p in (Path(__file__).parent / "data" / "malformed").iterdir()
+                   if ".meta." not in p.name)
+
+
+@pytest.mark.parametrize("path", MALFORMED, ids=[p.name for p in MALFORMED])
+def test_malformed_corpus_exits_2_with_one_line(path, tmp_path, capsys):
+    out = tmp_path / "post.nc"
+    code = main(["fit", str(path), "--lr", "0.1", "--batch-size", "8", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and path.stem in err, err
+    assert not out.exists()
+
+
+def test_framework_formats(tmp_path):
+    # PyTorch Lightning CSVLogger: sparse rows (validation metrics on their own rows)
+    lightning = "epoch,step,train_loss,val_loss\n" + "".join(
+        f"0,{k},{1 / (k + 1)},\n" + (f"0,{k},,{2 / (k + 1)}\n" if k % 3 == 0 else "")
+        for k in range(8))
+    runs = read_logs([_write(tmp_path, "metrics.csv", lightning)], loss_col="train_loss")
+    assert len(runs[0].step) == 8
+    # Keras CSVLogger: one row per epoch, no step column
+    keras = "epoch,loss,val_loss\n" + "".join(f"{k},{1 / (k + 1)},{1.1 / (k + 1)}\n"
+                                              for k in range(6))
+    runs = read_logs([_write(tmp_path, "keras.csv", keras)], step_col="epoch")
+    np.testing.assert_allclose(runs[0].step, np.arange(6))
+    # W&B CSV export: wide, one column per run; sidecar metadata per run
+    wandb = "Step,r1 - loss,r2 - loss\n" + "".join(
+        f"{k * 10},{1 / (k + 1)},{1.2 / (k + 1)}\n" for k in range(6))
+    path = _write(tmp_path, "wandb.csv", wandb)
+    _write(tmp_path, "wandb.meta.json", json.dumps(
+        {"batch_size": 32, "runs": {"r1": {"lr": 0.1}, "r2": {"lr": 0.2}}}))
+    runs = read_logs([path])
+    assert [(r.name, r.lr, r.batch_size) for r in runs] == [("r1", 0.1, 32), ("r2", 0.2, 32)]
+    # a folder of per-run files
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"seed{k}.jsonl").write_text("\n".join(
+            json.dumps({"run": f"s{k}", "step": j, "loss": 1 / (j + 1)}) for j in range(5)))
+    assert len(read_logs([str(folder)])) == 3
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.sampled_from(list("run,steploss0123456789.-e\n\tnaif ")),
+                    max_size=200))
+def test_fuzzed_logs_raise_only_log_error(tmp_path, text):
+    path = tmp_path / "fuzz.csv"
+    path.write_text(text)
+    try:
+        read_logs([str(path)])
+    except LogError:
+        pass
