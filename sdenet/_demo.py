@@ -61,7 +61,7 @@ def demo(out_dir="sdenet-demo", quick=False, seed=0) -> str:
     problem = get_problem(cfg.pop("name"), **cfg)
     key = jax.random.key(seed)
     runs = 2 if quick else 4
-    steps = 1000 if quick else 3000
+    steps = 1000 if quick else 2000
     lrs, batches = (0.05, 0.1), (4, 16)
     _log(f"problem {problem.name}: N={problem.n_train}, P={problem.n_params}")
 
@@ -107,7 +107,7 @@ def demo(out_dir="sdenet-demo", quick=False, seed=0) -> str:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         idata = fit(read_logs([log_path]), modes=1 if quick else 2, chains=2,
-                    warmup=100 if quick else 400, samples=100 if quick else 400,
+                    warmup=100 if quick else 250, samples=100 if quick else 250,
                     seed=seed, observation_noise=False)
     for w in caught:
         if "Diagnostic" in type(w.message).__name__:

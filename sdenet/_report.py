@@ -203,5 +203,13 @@ td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
 </style></head>
 <body><h1>{title}</h1>
 {body}
+<script>
+// records how many figures loaded (read by the headless-browser test)
+window.addEventListener("load", function () {{
+  var imgs = Array.from(document.images);
+  var ok = imgs.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }});
+  document.body.setAttribute("data-figures", ok.length + "/" + imgs.length);
+}});
+</script>
 </body></html>
 """

@@ -2,6 +2,10 @@
 
 import os
 import re
+import shutil
+import subprocess
+
+import pytest
 
 from sdenet._cli import main
 
@@ -25,6 +29,21 @@ def test_demo_quick_writes_report_with_all_figures(tmp_path, capsys):
                  "--out", str(again)]) == 0
     assert len(re.findall("<img", (again / "index.html").read_text())) == 1
     assert not [f for f in os.listdir(again) if f.endswith(".tmp")]
+    _check_in_browser(index, len(figures))
+
+
+def _check_in_browser(index, n_figures):
+    """Render the page in headless Chromium; every <img> must have loaded."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium not installed (.ci/run installs Debian's chromium)")
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={index.parent / '.chromium'}",
+         "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom",
+         index.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert f'data-figures="{n_figures}/{n_figures}"' in dom, dom[-500:]
 
 
 def test_report_rejects_non_artefacts(tmp_path, capsys):
