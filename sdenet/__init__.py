@@ -14,6 +14,9 @@ from ._errors import DivergenceError as DivergenceError
 from ._fit import FitDiagnosticWarning as FitDiagnosticWarning
 from ._fit import write_posterior as write_posterior
 from ._fit_logs import fit as fit
+from ._infer_trajectory import em_transition_logpdf as em_transition_logpdf
+from ._infer_trajectory import fit_trajectory as fit_trajectory
+from ._infer_trajectory import ou_transition_logpdf as ou_transition_logpdf
 from ._logs import LogError as LogError
 from ._logs import Run as Run
 from ._logs import read_logs as read_logs

@@ -61,6 +61,8 @@ def _training_flags(p, paths_name):
     g.add_argument("--test-points", help="as --train-points, for test points")
     g.add_argument("--hessian-trace", action="store_true",
                    help="record a Hutchinson estimate of tr ∇²L")
+    g.add_argument("--weights", action="store_true",
+                   help="record the flat weights (for `sdenet fit --model trajectory`)")
     g.add_argument("--out", required=True, help="output netCDF file")
     g.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -226,7 +228,7 @@ def _common(args, problem):
     lr = make_schedule(args.schedule, args.lr, args.steps)
     obs = Observables(train_points=_indices(args.train_points),
                       test_points=_indices(args.test_points),
-                      hessian_trace=args.hessian_trace)
+                      hessian_trace=args.hessian_trace, weights=args.weights)
     obs.indices(problem)
     return lr, obs
 
@@ -337,6 +339,11 @@ def _cmd_fit(args):
     from ._fit_logs import fit
     from ._logs import read_logs
 
+    if args.model == "trajectory":
+        return _fit_trajectory(args)
+    if args.model == "loss-curve":
+        raise ValueError("--model loss-curve is not available yet; use scaling (logs) or "
+                         "trajectory (a `sdenet simulate`/`sgd` file with --weights).")
     defaults = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size))
                 if v is not None}
     runs = read_logs(args.logs, step_col=args.step_col, loss_col=args.loss_col,
@@ -363,6 +370,40 @@ def _cmd_fit(args):
     for w in caught:
         if "Diagnostic" in type(w.message).__name__:
             print(f"sdenet fit: warning: {w.message}", file=sys.stderr)
+    write_posterior(idata, args.out)
+    print(f"wrote {args.out}")
+
+
+def _fit_trajectory(args):
+    """Fit σ from recorded weight trajectories of a built-in problem's ensemble."""
+    import arviz as az
+
+    from ._artefact import config_of, read_netcdf
+    from ._fit import write_posterior
+    from ._infer_trajectory import fit_trajectory
+    from ._problems import get_problem
+
+    if len(args.logs) != 1 or not args.logs[0].endswith(".nc"):
+        raise ValueError("--model trajectory takes one netCDF ensemble written by "
+                         "`sdenet simulate`/`sdenet sgd` with --weights.")
+    ds = read_netcdf(args.logs[0])
+    if "weights" not in ds:
+        raise ValueError(f"{args.logs[0]}: no recorded weights; rerun with --weights.")
+    cfg = dict(config_of(ds).get("problem", {}))
+    problem = get_problem(cfg.pop("name", "?"), **cfg)
+    start = time.perf_counter()
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idata = fit_trajectory(ds, problem, args.lr, chains=args.chains,
+                               warmup=args.warmup, samples=args.samples, seed=args.seed,
+                               progress=not args.quiet)
+    for w in caught:
+        if "Diagnostic" in type(w.message).__name__:
+            print(f"sdenet fit: warning: {w.message}", file=sys.stderr)
+    print(az.summary(idata, var_names=["sigma"], hdi_prob=0.9).to_string())
+    print(f"({time.perf_counter() - start:.1f} s)")
     write_posterior(idata, args.out)
     print(f"wrote {args.out}")
 

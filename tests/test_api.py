@@ -3,7 +3,7 @@ import sdenet
 PUBLIC = {
     "AbstractNoise", "DivergenceError", "closure", "ClosureDomainWarning",
     "trained_weights", "FitDiagnosticWarning", "write_posterior", "fit", "LogError", "Run",
-    "read_logs", "Isotropic", "Layerwise", "Minibatch",
+    "read_logs", "fit_trajectory", "em_transition_logpdf", "ou_transition_logpdf", "Isotropic", "Layerwise", "Minibatch",
     "Observables", "PROBLEMS", "Problem", "config_of", "get_problem", "make_schedule",
     "read_netcdf", "sgd", "simulate", "versions", "write_netcdf",
 }

@@ -89,3 +89,15 @@ def test_failed_write_keeps_existing_file(tmp_path, monkeypatch):
         main(["sgd", *TINY, "--runs", "2", "--batch-size", "4", "--out", str(out)])
     assert out.read_text() == "precious"
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_fit_trajectory_from_simulate(tmp_path, capsys):
+    sim = tmp_path / "sim.nc"
+    assert main(["simulate", "--problem", "linear", "--noise", "isotropic", "--sigma", "0.3",
+                 "--lr", "0.1", "--steps", "100", "--save-every", "10", "--paths", "4",
+                 "--weights", "--quiet", "--out", str(sim)]) == 0
+    post = tmp_path / "post.nc"
+    assert main(["fit", str(sim), "--model", "trajectory", "--chains", "2", "--warmup",
+                 "100", "--samples", "100", "--quiet", "--out", str(post)]) == 0
+    assert "sigma" in capsys.readouterr().out and post.exists()
+    assert main(["fit", str(sim), "--model", "loss-curve", "--out", str(post)]) == 2
