@@ -95,23 +95,30 @@ def config_of(ds: xr.Dataset) -> dict:
     return json.loads(ds.attrs.get("config", "{}"))
 
 
-def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> str:
-    """Write ``ds`` to ``path`` atomically: a temporary file in the same folder, then
-    ``os.replace``. An existing file is replaced only by a complete new one."""
+def write_atomic(path: str | os.PathLike, write, suffix: str = ".tmp") -> str:
+    """Call ``write(tmp)`` on a temporary file in the folder of ``path``, then
+    ``os.replace`` it onto ``path``: an existing file is only ever replaced by a
+    complete new one, and no temporary is left behind on failure."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"--out {path}: folder {folder} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sdenet-", suffix=".nc.tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sdenet-", suffix=suffix)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine="netcdf4")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return path
+
+
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> str:
+    """Write ``ds`` to ``path`` atomically (see `write_atomic`)."""
+    return write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"),
+                        ".nc.tmp")
 
 
 def read_netcdf(path: str | os.PathLike) -> xr.Dataset:

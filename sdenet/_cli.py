@@ -67,6 +67,17 @@ def _training_flags(p, paths_name):
     g.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _noise_flags(p):
+    g = p.add_argument_group("noise")
+    g.add_argument("--noise", choices=["isotropic", "layerwise", "minibatch"],
+                   default="minibatch")
+    g.add_argument("--sigma", default="0.01",
+                   help="σ (isotropic) or comma-separated σ_l (layerwise)")
+    _batch_flags(g)
+    g.add_argument("--scale", type=float, default=1.0, help="minibatch scale s (1 = SGD)")
+    return g
+
+
 def _batch_flags(p):
     p.add_argument("--batch-size", type=int, default=8, help="minibatch size B (default 8)")
     p.add_argument("--sampling", choices=["iid", "reshuffle"], default="iid",
@@ -91,13 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="SDE ensemble of SGD (diffrax) -> netCDF")
     _problem_flags(p)
-    g = p.add_argument_group("noise")
-    g.add_argument("--noise", choices=["isotropic", "layerwise", "minibatch"],
-                   default="minibatch")
-    g.add_argument("--sigma", default="0.01",
-                   help="σ (isotropic) or comma-separated σ_l (layerwise)")
-    _batch_flags(g)
-    g.add_argument("--scale", type=float, default=1.0, help="minibatch scale s (1 = SGD)")
+    g = _noise_flags(p)
     g.add_argument("--solver", default="euler", help="euler, heun, sra1, shark")
     g.add_argument("--dt", type=float, default=1.0, help="solver step in SGD steps")
     g.add_argument("--sme", action="store_true",
@@ -111,13 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("closure", help="analytic output mean/variance -> netCDF")
     _problem_flags(p)
-    g = p.add_argument_group("noise")
-    g.add_argument("--noise", choices=["isotropic", "layerwise", "minibatch"],
-                   default="minibatch")
-    g.add_argument("--sigma", default="0.01",
-                   help="σ (isotropic) or comma-separated σ_l (layerwise)")
-    _batch_flags(g)
-    g.add_argument("--scale", type=float, default=1.0, help="minibatch scale s (1 = SGD)")
+    g = _noise_flags(p)
     g = p.add_argument_group("closure")
     g.add_argument("--order", type=int, choices=[1, 2], default=1)
     g.add_argument("--expand", choices=["initial", "mean"], default="mean",

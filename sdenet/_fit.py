@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 
 import arviz as az
@@ -13,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS
 
-from ._artefact import versions
+from ._artefact import versions, write_atomic
 
 FAMILIES = ("scaling", "loss-curve", "trajectory")
 
@@ -88,20 +86,7 @@ def stamp(idata, config: dict):
 
 def write_posterior(idata, path) -> str:
     """Save InferenceData to netCDF atomically (temporary file, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"--out {path}: folder {folder} does not exist.")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sdenet-", suffix=".nc.tmp")
-    os.close(fd)
-    try:
-        idata.to_netcdf(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_atomic(path, idata.to_netcdf, ".nc.tmp")
 
 
 def pointwise_over_draws(fn, samples: dict, *args, chunk=200):

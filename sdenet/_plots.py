@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import matplotlib
 
@@ -11,28 +10,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ._artefact import write_atomic  # noqa: E402
 from ._compare import ensemble_moments  # noqa: E402
 
 
 def save_figure(fig, path) -> str:
     """Save atomically (temporary file in the same folder, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"--out {path}: folder {folder} does not exist.")
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sdenet-", suffix=suffix)
-    os.close(fd)
+    suffix = os.path.splitext(os.fspath(path))[1] or ".png"
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110,
+                                                          bbox_inches="tight"), suffix)
     finally:
         plt.close(fig)
-    return path
 
 
 def _band(ax, t, mean, sd, label, color, style="-"):
