@@ -1,7 +1,8 @@
 """Training logs: the long format ``run,step,loss[,lr,batch_size,test_loss,sampling]``.
 
-Readers accept CSV/TSV (header row) and JSONL (one object per line), and netCDF
-ensembles written by ``sdenet sgd`` / ``sdenet simulate`` (every path is a run).
+Readers accept CSV/TSV (header row) and JSONL (one object per line), netCDF
+ensembles written by ``sdenet sgd`` / ``sdenet simulate`` (every path is a run), and
+TensorBoard event files (`sdenet._logs_tensorboard`, the ``tensorboard`` extra).
 Every fault raises `LogError` naming the file (and line) and what to do.
 """
 
@@ -103,6 +104,10 @@ def read_log(path, *, step_col="step", loss_col="loss", run_col="run",
         raise LogError(f"{path}: no such file.")
     if path.endswith(".nc"):
         return _read_netcdf(path, defaults)
+    from ._logs_tensorboard import is_event_file, read_tensorboard
+
+    if os.path.isdir(path) or is_event_file(path):
+        return read_tensorboard(path, loss_col=loss_col, defaults=defaults)
     rows = _rows_jsonl(path) if path.endswith((".jsonl", ".json", ".ndjson")) \
         else _rows_csv(path)
     runs: dict[str, dict] = {}
@@ -156,9 +161,9 @@ def read_log(path, *, step_col="step", loss_col="loss", run_col="run",
 
 
 def _sidecar(path) -> dict:
-    """Metadata beside a log: FILE.meta.json or FILE.meta.toml, e.g.
-    ``{"lr": 0.1, "batch_size": 32, "runs": {"seed1": {"lr": 0.2}}}``."""
-    stem = os.path.splitext(path)[0]
+    """Metadata beside a log: FILE.meta.json or FILE.meta.toml (DIR.meta.* for a
+    directory), e.g. ``{"lr": 0.1, "batch_size": 32, "runs": {"seed1": {"lr": 0.2}}}``."""
+    stem = path.rstrip(os.sep) if os.path.isdir(path) else os.path.splitext(path)[0]
     for ext in (".meta.json", ".meta.toml"):
         side = stem + ext
         if not os.path.exists(side):
@@ -239,14 +244,18 @@ def read_logs(paths, *, min_points=MIN_POINTS, **options) -> list[Run]:
     if not paths:
         raise LogError("no log files given.")
     expanded = []
+    from ._logs_tensorboard import event_dirs
+
     for path in map(os.fspath, paths):
-        if os.path.isdir(path):
+        if os.path.isdir(path) and event_dirs(path):
+            expanded.append(path)  # TensorBoard runs: read as one folder
+        elif os.path.isdir(path):
             found = sorted(f for f in glob.glob(os.path.join(path, "**", "*"),
                                                 recursive=True)
                            if f.endswith(LOG_SUFFIXES) and ".meta." not in f)
             if not found:
                 raise LogError(f"{path}: the folder holds no log files "
-                               f"({', '.join(LOG_SUFFIXES)}).")
+                               f"({', '.join(LOG_SUFFIXES)}, events.out.tfevents.*).")
             expanded += found
         elif any(ch in path for ch in "*?[") and not os.path.exists(path):
             found = sorted(glob.glob(path))

@@ -1,6 +1,7 @@
 """Training-log reading and validation."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,52 @@ def test_fuzzed_logs_raise_only_log_error(tmp_path, text):
         read_logs([str(path)])
     except LogError:
         pass
+
+
+def _tensorboard_run(folder, scalars):
+    """An event file written by tensorboardX: ``{tag: [(step, value), ...]}``."""
+    pytest.importorskip("tensorboard")
+    writer_class = pytest.importorskip("tensorboardX").SummaryWriter
+    with writer_class(str(folder)) as writer:
+        for tag, events in scalars.items():
+            for step, value in events:
+                writer.add_scalar(tag, value, step)
+    (event_file,) = folder.glob("events.out.tfevents.*")
+    return str(event_file)
+
+
+GOOD_LOSS = [(k, 1.0 / (k + 1)) for k in range(6)]
+
+
+@pytest.mark.parametrize("scalars, needle", [
+    ({}, "no scalar summaries"),
+    ({"accuracy": GOOD_LOSS, "val_loss": GOOD_LOSS},
+     "no loss tag (looked for loss, train/loss"),
+    ({"train/loss": GOOD_LOSS[:3] + [(3, float("nan"))]},
+     "'train/loss' is nan (NaN/inf) at step 3"),
+    ({"loss": GOOD_LOSS[:3] + [(2, 0.2)]}, "repeats step 2 after 2"),
+    ({"loss": GOOD_LOSS, "lr": [(0, 0.1), (3, 0.05)]},
+     "conflicting lr values 0.05 and 0.1"),
+])
+def test_malformed_tensorboard_logs_name_file_and_fault(tmp_path, scalars, needle):
+    event_file = _tensorboard_run(tmp_path / "run", scalars)
+    for path in (event_file, str(tmp_path / "run"), str(tmp_path)):
+        with pytest.raises(LogError) as err:
+            read_logs([path])
+        assert needle in str(err.value) and event_file in str(err.value), str(err.value)
+        assert "\n" not in str(err.value)
+    if "no loss tag" in needle:
+        assert "val_loss, accuracy" not in str(err.value)
+        assert "accuracy, val_loss" in str(err.value)
+        runs = read_logs([event_file], loss_col="val_loss", defaults={"lr": 0.1})
+        assert runs[0].name == "run" and runs[0].lr == 0.1
+        out = tmp_path / "post.nc"
+        assert main(["fit", str(tmp_path), "--out", str(out)]) == 2
+
+
+def test_tensorboard_extra_missing_says_what_to_install(tmp_path, monkeypatch):
+    event_file = _tensorboard_run(tmp_path / "run", {"loss": GOOD_LOSS})
+    for name in ("tensorboard", "tensorboard.backend.event_processing"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    with pytest.raises(LogError, match=r'pip install "sdenet\[tensorboard\]"'):
+        read_logs([event_file])
