@@ -302,12 +302,12 @@ def figure(res, path):
     for k, part in enumerate(("train", "test")):
         ax[0, k].plot(t, info[f"flow_{part}_loss"], "k--", lw=1, label="noise-free")
         ax[0, k].set(yscale="log", xlabel="step", ylabel=f"E L_{part}",
-                     title=f"isotropic: {part} loss (dots MC ± SE, lines closure"
-                     + (", dotted ησ²rank/4 floor)" if k == 0 else ")"))
+                     title=f"isotropic: {part} loss (dots MC, lines closure"
+                     + (",\ndotted: noise-free + ησ²rank/4)" if k == 0 else ")"))
         ax[0, k].legend(fontsize=7)
     ax[0, 2].axhline(1.0, color="k", lw=0.8)
     ax[0, 2].set(yscale="log", xlabel="step", ylabel="rms |E f_σ − f_0| / SE",
-                 title="noise-induced shift of the mean output (antithetic SE units)")
+                 title="shift of the mean output E f_σ − f_0\n(in antithetic SE units)")
     ax[0, 2].legend(fontsize=7)
     colb = plt.cm.plasma(np.linspace(0.1, 0.8, len(res["minibatch"])))
     for c, r in zip(colb, res["minibatch"]):
