@@ -21,9 +21,10 @@ For each case (problem, start, σ, η, horizon) this measures
   fresh subprocess that runs just that one call).
 
 Times are warm (the fastest of the repeated calls after the first, compilation
-excluded; 2 repeats for the 1000-path ensemble and the first-order closure) unless
-marked cold; the second-order closure builds a new jit per call, so its single timed
-call always includes compilation. The machine is shared: timings vary by tens of %.
+excluded) unless marked cold: the closures are compiled once per problem and array
+shapes (σ, η, dt and the start are traced), so a warm call is what a σ sweep or a
+second call on the same problem costs. The machine is shared: timings vary by tens
+of %.
 
     python benchmarks/closure.py [--quick] [--out FILE.json] [--no-memory]
 """
@@ -45,7 +46,6 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -269,25 +269,13 @@ def run_case(case, memory, log):
 
     rows = []
     for method, opts in case["methods"]:
-        repeats = 3 if method == "first" else 1
+        repeats = 3 if method == "first" else 2
         (ds, domain), cold, warm = timed(
             lambda: closure_call(problem, theta, case, lr, method, opts), repeats)
         acc = accuracy(ds, ref)
-        core = None
-        if method == "first":
-            # diagnostic: the same first-order computation under one cached jit (no
-            # per-call compilation of its lax.map, no Dataset) — sdenet internals
-            from sdenet._closure_first import first_order
-
-            fn = eqx.filter_jit(first_order)
-            times = jnp.arange(0, case["steps"] + 1, case["steps"], dtype=theta.dtype)
-            args = (problem, sdenet.Isotropic(case["sigma"]), jnp.asarray(lr), times,
-                    theta)
-            _, _, core = timed(lambda: jax.block_until_ready(fn(*args)), 3)
         row = dict(case=case["name"], problem=case["problem"], P=problem.n_params,
                    sigma=case["sigma"], lr=lr, lr_lambda_max=lr * lam, steps=case["steps"],
                    method=method, options=opts, closure_cold=cold, closure_warm=warm,
-                   closure_core_cached_jit=core,
                    domain_warnings=domain, reference=ref["kind"],
                    reference_pair_corr=ref.get("pair_corr"), ensemble_1000_warm=warm_1000,
                    ensemble_1000_cold=cold_1000, speedup_vs_1000=warm_1000 / warm,
@@ -344,10 +332,7 @@ def table(rows):
     for r in rows:
         opt = f" dt={r['options']['dt']:g}" if r["options"] else ""
         closure = f"{r['closure_warm']:.3g}"
-        if r["method"] != "first":
-            closure += " (incl. jit)"
-        if r.get("closure_core_cached_jit"):
-            closure += f" (core {r['closure_core_cached_jit']:.2g})"
+        closure += f" (cold {r['closure_cold']:.2g})"
         mc = r.get("memory_closure", {})
         me = r.get("memory_ensemble_1000", {})
         mem = (f"{_g(mc.get('after'), '.0f')} / {_g(me.get('after'), '.0f')}"

@@ -9,6 +9,7 @@ mean μ and covariance V):
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
@@ -19,6 +20,12 @@ from ._noise import AbstractNoise, Isotropic
 from ._problem import Problem
 from ._sde import _check_times
 from ._schedule import as_learning_rate
+
+
+@eqx.filter_jit
+def _train_ntk(problem, theta):
+    """Θ(X_train, X_train) at θ (compiled once per problem)."""
+    return problem.ntk(theta, problem.x_train, problem.x_train)
 
 
 def _loss_moments(mu, v, y):
@@ -124,7 +131,6 @@ def closure(
     else:
         raise ValueError(f"--order must be 1 or 2, got {order}.")
     if isinstance(noise, Isotropic):
-        theta_rank = int(np.linalg.matrix_rank(np.asarray(
-            problem.ntk(theta_e, problem.x_train, problem.x_train))))
-        ds.attrs["ntk_rank"] = theta_rank
+        ds.attrs["ntk_rank"] = int(np.linalg.matrix_rank(np.asarray(
+            _train_ntk(problem, theta_e))))
     return with_provenance(ds, config, seed)

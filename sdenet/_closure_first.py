@@ -25,6 +25,7 @@ u_0 = f_e(x_train) − y. Stacking train and test outputs z = f_e + J_all δ:
 from __future__ import annotations
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -45,10 +46,12 @@ def linearisation(problem, theta_e):
             problem.jacobian(theta_e, problem.x_test))
 
 
+@eqx.filter_jit
 def first_order_additive(problem, diagonal, lr, times, theta_e):
     """Closed-form output moments for additive noise D = diag(d); returns (μ_z, V_z).
 
-    μ_z: (T, N+M) mean outputs, V_z: (T, N+M, N+M) their covariance.
+    μ_z: (T, N+M) mean outputs, V_z: (T, N+M, N+M) their covariance. Compiled once
+    per problem (its ``apply``) and array shapes: σ, η, the times and θe are traced.
     """
     f_tr, f_te, j_tr, j_te = linearisation(problem, theta_e)
     n = problem.n_train
@@ -68,15 +71,19 @@ def first_order_additive(problem, diagonal, lr, times, theta_e):
     return jax.lax.map(at, times)
 
 
-def first_order_minibatch(problem, noise: Minibatch, lr, times, theta_e):
-    """Exact output moments for iid minibatch noise, integrated with diffrax."""
+@eqx.filter_jit
+def first_order_minibatch(problem, noise_coef, lr, times, theta_e):
+    """Exact output moments for iid minibatch noise, integrated with diffrax.
+
+    ``noise_coef`` = s κ / B (traced, so one compilation serves every batch size).
+    """
     f_tr, f_te, j_tr, j_te = linearisation(problem, theta_e)
     n = problem.n_train
     j_all = jnp.concatenate([j_tr, j_te], axis=0)
     k_at = j_all @ j_tr.T  # K_{all,train}
     y = problem.y_train
     pi = jnp.eye(n) - 1.0 / n
-    coef = lr**2 * noise.scale * noise.kappa(n) / (noise.batch_size * n)
+    coef = lr**2 * noise_coef / n
 
     def vector_field(t, state, args):
         mu, v = state
@@ -106,7 +113,8 @@ def first_order_minibatch(problem, noise: Minibatch, lr, times, theta_e):
 def first_order(problem, noise, lr, times, theta_e):
     """Mean and covariance of all outputs (train then test) at ``times``."""
     if isinstance(noise, (Isotropic, Layerwise)):
-        return first_order_additive(problem, noise.diagonal(problem), lr, times, theta_e)
+        return first_order_additive(problem, jnp.asarray(noise.diagonal(problem)), lr,
+                                    times, theta_e)
     if isinstance(noise, Minibatch):
         if noise.sampling != "iid":
             raise ValueError(
@@ -115,5 +123,7 @@ def first_order(problem, noise, lr, times, theta_e):
                 "memory the closure does not model; simulate it with `sdenet simulate "
                 "--sampling reshuffle` instead."
             )
-        return first_order_minibatch(problem, noise, lr, times, theta_e)
+        coef = noise.scale * noise.kappa(problem.n_train) / noise.batch_size
+        return first_order_minibatch(problem, jnp.asarray(coef, lr.dtype), lr, times,
+                                     theta_e)
     raise ValueError(f"unknown noise model {noise!r}")

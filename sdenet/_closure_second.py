@@ -33,7 +33,9 @@ g_i = r_i ∇f_i. ``sampling="reshuffle"`` is refused.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,13 +72,15 @@ def _expectations(fq, a, h, c, y):
     return grad, hess, gn, rt
 
 
-def _noise_cov(noise, problem, a, rt, c, dtype):
-    if isinstance(noise, (Isotropic, Layerwise)):
-        return jnp.diag(noise.diagonal(problem).astype(dtype) ** 2)
-    n = problem.n_train
-    pi = jnp.eye(n, dtype=dtype) - 1.0 / n
+def _noise_cov(noise_kind, noise_param, a, rt, c):
+    """E[D Dᵀ]: diag(d²) for additive noise (noise_param = d²), else the minibatch form
+    (noise_param = s κ / B)."""
+    if noise_kind == "additive":
+        return jnp.diag(noise_param)
+    n = a.shape[0]
+    pi = jnp.eye(n, dtype=a.dtype) - 1.0 / n
     s = jnp.outer(rt, rt) + a @ c @ a.T
-    return noise.scale * noise.kappa(n) / noise.batch_size * (a.T @ (pi * s) @ a) / n
+    return noise_param * (a.T @ (pi * s) @ a) / n
 
 
 def _phi(x, t):
@@ -116,17 +120,64 @@ def second_order(problem, noise, lr, times, theta_e, *, expand="mean",
     if n_inner < 1 or abs(n_inner * dt - save_every) > 1e-9:
         raise ValueError(f"--dt {dt} must divide --save-every {save_every}.")
     dtype = theta_e.dtype
+    if isinstance(noise, (Isotropic, Layerwise)):
+        kind, param = "additive", jnp.asarray(noise.diagonal(problem), dtype) ** 2
+    else:
+        kind = "minibatch"
+        param = jnp.asarray(noise.scale * noise.kappa(problem.n_train)
+                            / noise.batch_size, dtype)
+    options = _Options(expand, curvature, integrator, n_inner, len(times) - 1, kind)
+    args = (problem, param, lr, jnp.asarray(dt, dtype), theta_e)
+    mean, cov, tr, lo, hi, tr_c = _run(options, *args, jnp.asarray(1.0, dtype))
+    n = problem.n_train
+    extra = {
+        "hessian_trace_mean": (("time",), tr),
+        "curvature_min": (("time",), lo),
+        "curvature_max": (("time",), hi),
+        "weight_cov_trace": (("time",), tr_c),
+    }
+    if with_shift:
+        mean0 = _run(options, *args, jnp.asarray(0.0, dtype))[0]
+        shift = mean - mean0
+        extra["train_output_shift"] = (("time", "train_point"), shift[:, :n])
+        if problem.n_test:
+            extra["test_output_shift"] = (("time", "test_point"), shift[:, n:])
+    info = {"expand": expand, "curvature": curvature, "dt": dt, "integrator": integrator,
+            "warnings": _domain_warnings(np.asarray(times), np.asarray(lo),
+                                         np.asarray(hi), np.asarray(tr_c),
+                                         np.asarray(mean))}
+    for w in info["warnings"]:
+        warnings.warn(w, ClosureDomainWarning, stacklevel=3)
+    return mean, cov, extra, info
+
+
+class _Options(NamedTuple):
+    """The static (compile-time) choices of one closure run."""
+
+    expand: str
+    curvature: str
+    integrator: str
+    n_inner: int  # closure steps per save
+    n_saves: int  # saves after t = 0
+    noise_kind: str  # "additive" | "minibatch"
+
+
+@eqx.filter_jit
+def _run(options, problem, noise_param, lr, h_step, theta_e, noise_on):
+    """The whole closure integration as one compiled function.
+
+    Compiled once per (problem, options, shapes); σ, η, dt, θe and the noise switch are
+    traced, so repeated calls (σ sweeps, the noise-free shift run) reuse it.
+    """
+    expand, curvature, integrator, n_inner, n_saves, noise_kind = options
+    dtype = theta_e.dtype
+    p = theta_e.shape[0]
     x_all = jnp.concatenate([problem.x_train, problem.x_test], axis=0)
     n = problem.n_train
     y = problem.y_train
-    h_step = jnp.asarray(dt, dtype)
-
-    def fixed_model():
-        fq, a, h = _quadratic_model(problem, theta_e, jnp.zeros_like(theta_e), x_all)
-        return fq, a, h
-
     if expand == "initial":
-        f_all0, j_all0, h_all0 = fixed_model()
+        f_all0, j_all0, h_all0 = _quadratic_model(problem, theta_e,
+                                                  jnp.zeros_like(theta_e), x_all)
 
     def model(theta_c, m, x_slice):
         if expand == "initial":
@@ -138,13 +189,13 @@ def second_order(problem, noise, lr, times, theta_e, *, expand="mean",
 
     train = slice(0, n)
 
-    def step(state, noise_on):
+    def step(state):
         theta_c, m, c = state
         fq, a, h = model(theta_c, m, train)
         grad, hess, gn, rt = _expectations(fq, a, h, c, y)
         k = {"hessian": hess, "psd": _psd(hess) if curvature == "psd" else hess,
              "gauss-newton": gn}[curvature]
-        q = _noise_cov(noise, problem, a, rt, c, dtype) * noise_on
+        q = _noise_cov(noise_kind, noise_param, a, rt, c) * noise_on
         if integrator == "lyapunov":
             prop = jnp.eye(p, dtype=dtype) - lr * h_step * k
             c_new = prop @ c @ prop.T + lr**2 * h_step * q
@@ -163,7 +214,7 @@ def second_order(problem, noise, lr, times, theta_e, *, expand="mean",
         c_new = 0.5 * (c_new + c_new.T)
         if expand == "mean":
             theta_c, m_new = theta_c + m_new, jnp.zeros_like(m_new)
-        return (theta_c, m_new, c_new), None
+        return theta_c, m_new, c_new
 
     def curvature_stats(state):
         theta_c, m, c = state
@@ -180,41 +231,18 @@ def second_order(problem, noise, lr, times, theta_e, *, expand="mean",
         cov = a @ c @ a.T + 0.5 * jnp.einsum("ipq,jqp->ij", hc, hc)
         return mean, cov
 
-    def run(noise_on):
-        state0 = (theta_e, jnp.zeros_like(theta_e), jnp.zeros((p, p), dtype))
+    state0 = (theta_e, jnp.zeros_like(theta_e), jnp.zeros((p, p), dtype))
 
-        def save_interval(state, _):
-            state, _ = jax.lax.scan(lambda s, _: step(s, noise_on), state, None,
-                                    length=n_inner)
-            mean, cov = outputs(state)
-            return state, (mean, cov, *curvature_stats(state), jnp.trace(state[2]))
+    def save_interval(state, _):
+        state, _ = jax.lax.scan(lambda s, _: (step(s), None), state, None,
+                                length=n_inner)
+        mean, cov = outputs(state)
+        return state, (mean, cov, *curvature_stats(state), jnp.trace(state[2]))
 
-        mean0, cov0 = outputs(state0)
-        _, out = jax.lax.scan(save_interval, state0, None, length=len(times) - 1)
-        first = (mean0, cov0, *curvature_stats(state0), jnp.zeros((), dtype))
-        return [jnp.concatenate([f[None], o]) for f, o in zip(first, out)]
-
-    run = jax.jit(run)
-    mean, cov, tr, lo, hi, tr_c = run(jnp.asarray(1.0, dtype))
-    extra = {
-        "hessian_trace_mean": (("time",), tr),
-        "curvature_min": (("time",), lo),
-        "curvature_max": (("time",), hi),
-        "weight_cov_trace": (("time",), tr_c),
-    }
-    if with_shift:
-        mean0 = run(jnp.asarray(0.0, dtype))[0]
-        shift = mean - mean0
-        extra["train_output_shift"] = (("time", "train_point"), shift[:, :n])
-        if problem.n_test:
-            extra["test_output_shift"] = (("time", "test_point"), shift[:, n:])
-    info = {"expand": expand, "curvature": curvature, "dt": dt, "integrator": integrator,
-            "warnings": _domain_warnings(np.asarray(times), np.asarray(lo),
-                                         np.asarray(hi), np.asarray(tr_c),
-                                         np.asarray(mean))}
-    for w in info["warnings"]:
-        warnings.warn(w, ClosureDomainWarning, stacklevel=3)
-    return mean, cov, extra, info
+    mean0, cov0 = outputs(state0)
+    _, out = jax.lax.scan(save_interval, state0, None, length=n_saves)
+    first = (mean0, cov0, *curvature_stats(state0), jnp.zeros((), dtype))
+    return [jnp.concatenate([f[None], o]) for f, o in zip(first, out)]
 
 
 def _domain_warnings(times, lo, hi, tr_c, mean):
