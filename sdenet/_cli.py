@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch size of runs without a batch_size column")
     p.add_argument("--out", required=True, help="posterior netCDF (ArviZ InferenceData)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--noise", choices=["minibatch", "isotropic", "layerwise"],
+                   default="minibatch", help="loss-curve: the noise model whose "
+                   "parameters are fitted (s, σ or σ_l; default minibatch)")
+    _problem_flags(p)  # loss-curve and trajectory: the problem the logs come from
 
     p = sub.add_parser("compare", help="closure vs ensemble: error table and figure")
     p.add_argument("ensemble", help="netCDF from `sdenet simulate` or `sdenet sgd`")
@@ -340,21 +344,22 @@ def _cmd_fit(args):
 
     if args.model == "trajectory":
         return _fit_trajectory(args)
-    if args.model == "loss-curve":
-        raise ValueError("--model loss-curve is not available yet; use scaling (logs) or "
-                         "trajectory (a `sdenet simulate`/`sgd` file with --weights).")
     defaults = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size))
                 if v is not None}
     runs = read_logs(args.logs, step_col=args.step_col, loss_col=args.loss_col,
                      run_col=args.run_col, defaults=defaults)
     modes = args.modes if args.modes == "auto" else _positive_int(args.modes, "--modes")
+    extra = {}
+    if args.model == "loss-curve":
+        problem = _problem(args)
+        extra = dict(problem=problem, noise=args.noise, theta0=_start(args, problem))
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         idata = fit(runs, args.model, modes=modes, chains=args.chains,
                     warmup=args.warmup, samples=args.samples, seed=args.seed,
-                    progress=not args.quiet)
-    names = [v for v in ("L_star", "alpha", "beta", "F0", "rate", "obs_sd")
+                    progress=not args.quiet, **extra)
+    names = [v for v in ("L_star", "alpha", "beta", "F0", "rate", "s", "sigma", "obs_sd")
              if v in idata.posterior]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -363,7 +368,8 @@ def _cmd_fit(args):
 
     cfg = json.loads(idata.posterior.attrs["sdenet_config"])
     d = cfg["diagnostics"]
-    print(f"modes K = {cfg['modes']}; max r_hat {d['max_rhat']:.3f}, min bulk ESS "
+    what = f"modes K = {cfg['modes']}" if "modes" in cfg else f"noise {cfg['noise']}"
+    print(f"{what}; max r_hat {d['max_rhat']:.3f}, min bulk ESS "
           f"{d['min_ess_bulk']:.0f}, divergences {d['divergences']} "
           f"({time.perf_counter() - start:.1f} s)")
     for w in caught:

@@ -37,6 +37,26 @@ def run_nuts(model, model_kwargs, *, chains=4, warmup=500, samples=500, seed=0,
     return mcmc
 
 
+def map_estimate(model, model_kwargs, *, init_strategy, seed=0, max_iter=500):
+    """The posterior mode (MAP) by BFGS in NumPyro's unconstrained space.
+
+    Returns the constrained sample sites (deterministic sites included); used as the
+    pilot of the working-covariance likelihoods (`_infer_ar`).
+    """
+    from jax.flatten_util import ravel_pytree
+    from jax.scipy.optimize import minimize
+    from numpyro.infer.util import initialize_model
+
+    info, potential, postprocess, _ = initialize_model(
+        jax.random.PRNGKey(seed), model, init_strategy=init_strategy,
+        model_kwargs=model_kwargs)
+    flat, unravel = ravel_pytree(info.z)
+    result = minimize(lambda x: potential(unravel(x)), flat, method="BFGS",
+                      options={"maxiter": max_iter})
+    best = jnp.where(jnp.isfinite(result.fun), result.x, flat)
+    return postprocess(unravel(best))
+
+
 def diagnostics(idata, var_names=None) -> dict:
     """Worst r_hat, smallest bulk/tail ESS and the number of divergences."""
     post = idata.posterior

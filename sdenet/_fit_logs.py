@@ -7,13 +7,25 @@ import warnings
 import arviz as az
 import numpy as np
 
-from ._fit import (FitDiagnosticWarning, diagnostics, pointwise_over_draws, run_nuts,
-                   stamp, warn_on_diagnostics)
+from ._fit import (FitDiagnosticWarning, diagnostics, map_estimate,
+                   pointwise_over_draws, run_nuts, stamp, warn_on_diagnostics)
 from numpyro.infer import init_to_value
 
-from ._infer_scaling import prepare_scaling, scaling_init, scaling_model, scaling_pointwise
+from ._infer_scaling import (prepare_scaling, scaling_init, scaling_model,
+                             scaling_pointwise, scaling_working)
 
 SCALING_VARS = ["L_star", "alpha", "beta", "F0", "rate", "A_total", "obs_sd"]
+
+
+def _complete(params, modes, observation_noise, shape=()):
+    """Add the sites a K = 1 or noise-free model does not sample."""
+    params = dict(params)
+    if not observation_noise or "obs_sd" not in params:
+        params.setdefault("obs_sd", np.zeros(shape))
+    if modes == 1:
+        params["A_share"] = np.ones(shape + (1,))
+        params["floor_share"] = np.ones(shape + (1,))
+    return params
 
 
 def _scaling_idata(runs, modes, *, chains, warmup, samples, seed, progress, priors,
@@ -22,23 +34,26 @@ def _scaling_idata(runs, modes, *, chains, warmup, samples, seed, progress, prio
     jdata = data.to_jax()
     kwargs = dict(data=jdata, modes=modes, eta_ref=data.eta_ref, b_ref=data.b_ref,
                   scale=data.scale, priors=priors, observation_noise=observation_noise)
-    mcmc = run_nuts(scaling_model, kwargs, chains=chains, warmup=warmup,
-                    samples=samples, seed=seed, progress=progress,
-                    init_strategy=init_to_value(values={
-                        k: v for k, v in scaling_init(data, modes).items()
-                        if observation_noise or k != "obs_sd"}))
+    # pilot: the posterior mode under the full Gaussian surrogate, which fixes the
+    # working covariance of the likelihood (see `_infer_ar`)
+    start = {k: v for k, v in scaling_init(data, modes).items()
+             if observation_noise or k != "obs_sd"}
+    pilot = map_estimate(scaling_model, kwargs, seed=seed,
+                         init_strategy=init_to_value(values=start))
+    pilot = _complete({k: np.asarray(v) for k, v in pilot.items()}, modes,
+                      observation_noise)
+    working = scaling_working(pilot, jdata, data.eta_ref, data.b_ref, data.scale)
+    sites = ["L_star", "log_rate", "A_total", "A_share", "floor_share", "log_F0",
+             "alpha", "beta"]
+    init = {k: pilot[k] for k in sites if modes > 1 or "share" not in k}
+    mcmc = run_nuts(scaling_model, kwargs | {"working": working}, chains=chains,
+                    warmup=warmup, samples=samples, seed=seed, progress=progress,
+                    init_strategy=init_to_value(values=init))
     post = mcmc.get_samples(group_by_chain=True)
-    keys = ["L_star", "log_rate", "A_total", "A_share", "floor_share", "log_F0",
-            "alpha", "beta", "obs_sd"]
-    params = {k: post[k] for k in keys if k in post}
-    if not observation_noise:
-        params["obs_sd"] = np.zeros(post["alpha"].shape)
-    if modes == 1:
-        shape = post["alpha"].shape + (1,)
-        params["A_share"] = np.ones(shape)
-        params["floor_share"] = np.ones(shape)
+    params = _complete({k: post[k] for k in sites if k in post}, modes, False,
+                       post["alpha"].shape)
     ll, mean, sd = pointwise_over_draws(scaling_pointwise, params, jdata, data.eta_ref,
-                                        data.b_ref, data.scale)
+                                        data.b_ref, data.scale, working)
     n_chain, n_draw = post["alpha"].shape[:2]
     r, t = data.y.shape
     ll = ll.reshape(n_chain, n_draw, r, t)
@@ -80,14 +95,17 @@ def _scaling_idata(runs, modes, *, chains, warmup, samples, seed, progress, prio
 def fit(runs, model: str = "scaling", *, modes="auto", chains: int = 4,
         warmup: int = 500, samples: int = 500, seed: int = 0, progress: bool = False,
         priors: dict | None = None, max_modes: int = 3, plateau_check: bool = True,
-        observation_noise: bool | None = None):
+        observation_noise: bool | None = None, problem=None, noise: str = "minibatch",
+        theta0=None):
     """Fit a noise model to training logs with NUTS; returns ArviZ InferenceData.
 
     **Arguments:**
 
     - `runs`: `Run` objects (`read_logs`).
     - `model`: "scaling" (logs alone: OU spectrum with floor F0 (η/η_ref)^α
-      (B/B_ref)^(−β)).
+      (B/B_ref)^(−β)) or "loss-curve" (runs of a known `problem` started at `theta0`
+      (default θ0); the closure gives the loss moments as functions of the `noise`
+      parameters: "minibatch" → scale s, "isotropic" → σ, "layerwise" → σ_l).
     - `modes`: number K of OU modes, or "auto" to choose K ∈ 1..max_modes by LOO
       (`az.compare`); the comparison is stored in the attrs.
     - `chains`, `warmup`, `samples`, `seed`: NUTS settings.
@@ -98,9 +116,9 @@ def fit(runs, model: str = "scaling", *, modes="auto", chains: int = 4,
 
     Warns (`FitDiagnosticWarning`) on r_hat > 1.01, bulk ESS < 100 or divergences.
     """
-    if model != "scaling":
-        raise ValueError(f"--model {model!r}: this version fits 'scaling'; the "
-                         "'loss-curve' and 'trajectory' families are in progress.")
+    if model not in ("scaling", "loss-curve"):
+        raise ValueError(f"--model {model!r}: `fit` takes logs for 'scaling' or "
+                         "'loss-curve'; weight trajectories go to `fit_trajectory`.")
     if chains < 1 or warmup < 1 or samples < 1:
         raise ValueError("--chains, --warmup and --samples must be ≥ 1.")
     if observation_noise is None:
@@ -108,6 +126,8 @@ def fit(runs, model: str = "scaling", *, modes="auto", chains: int = 4,
     config = {"family": model, "observation_noise": bool(observation_noise),
               "chains": chains, "warmup": warmup, "samples": samples,
               "seed": seed, "runs": len(runs)}
+    if model == "loss-curve":
+        return _fit_loss_curve(runs, problem, noise, theta0, config, priors, progress)
     candidates = list(range(1, max_modes + 1)) if modes == "auto" else [int(modes)]
     fits = {}
     for k in candidates:
@@ -131,6 +151,27 @@ def fit(runs, model: str = "scaling", *, modes="auto", chains: int = 4,
     config["modes"] = int(best.split("=")[1])
     config["eta_ref"], config["b_ref"] = data.eta_ref, data.b_ref
     diag = diagnostics(idata, [v for v in SCALING_VARS if v in idata.posterior])
+    config["diagnostics"] = diag
+    config["diagnostic_warnings"] = warn_on_diagnostics(diag)
+    return stamp(idata, config)
+
+
+def _fit_loss_curve(runs, problem, noise, theta0, config, priors, progress):
+    from ._infer_loss_curve import loss_curve_idata
+
+    if problem is None:
+        raise ValueError("--model loss-curve needs the problem the logs come from "
+                         "(--problem NAME and its options).")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idata, data = loss_curve_idata(
+            runs, problem, noise, chains=config["chains"], warmup=config["warmup"],
+            samples=config["samples"], seed=config["seed"], progress=progress,
+            priors=priors, observation_noise=config["observation_noise"], theta0=theta0)
+    config |= {"noise": noise, "problem": problem.config, "b_ref": data.b_ref,
+               "custom_theta0": theta0 is not None}
+    names = [v for v in ("s", "sigma", "obs_sd") if v in idata.posterior]
+    diag = diagnostics(idata, names)
     config["diagnostics"] = diag
     config["diagnostic_warnings"] = warn_on_diagnostics(diag)
     return stamp(idata, config)

@@ -7,9 +7,9 @@ Run r (learning rate η_r, batch size B_r) logs its loss at steps t. With K mode
     F_r       = F0 (η_r/η_ref)^α (B_r/B_ref)^(−β)
 
 which is exact for squared OU modes x_j (loss ½λ_j x_j², noise floor F_rj = ½λ_j v_j∞).
-The fluctuation of mode j has variance 2 F_rj(t)² + 4 A_j(t) F_rj(t)
-(A_j(t) = A_j e^{−η κ t}, F_rj(t) = F_rj (1 − e^{−η κ t})) and one-step correlation
-e^{−η_r κ_j Δt}; logged minibatch losses add independent noise of variance
+The fluctuation of mode j has two parts: 2 F_rj(t)² (quadratic in the OU deviation,
+one-step correlation e^{−η_r κ_j Δt}) and 4 A_j(t) F_rj(t) (linear in it, correlation
+e^{−η_r κ_j Δt/2}), with A_j(t) = A_j e^{−η κ t}, F_rj(t) = F_rj (1 − e^{−η κ t}); logged minibatch losses add independent noise of variance
 σ_obs² (B_r/B_ref)^(−1) (switch it off, ``observation_noise=False``, for full-batch
 loss logs: an unidentifiable σ_obs ≈ 0 otherwise stalls the chains). The likelihood is the moment-matched AR(1) of `_infer_ar`.
 The linear scaling rule is α = β = 1.
@@ -25,7 +25,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions.transforms import OrderedTransform
 
-from ._infer_ar import ar1_logpdf
+from ._infer_ar import ar1_cov_logpdf, component_moments
 from ._logs import LogError
 
 NUGGET = 0.05
@@ -113,8 +113,13 @@ def _plateaued(loss):
 
 
 def scaling_model(data: dict, *, modes: int, eta_ref: float, b_ref: float, scale: dict,
-                  priors: dict | None = None, observation_noise: bool = True):
-    """NumPyro model of the scaling family (see module docstring)."""
+                  priors: dict | None = None, observation_noise: bool = True,
+                  working: dict | None = None):
+    """NumPyro model of the scaling family (see module docstring).
+
+    ``working``: {"var", "cov"} (R, T) — a fixed working covariance (see `_infer_ar`);
+    then σ_obs only enters through it and is not sampled.
+    """
     priors = priors or {}
     k = modes
     t, y, mask = data["t"], data["y"], data["mask"]
@@ -135,7 +140,7 @@ def scaling_model(data: dict, *, modes: int, eta_ref: float, b_ref: float, scale
         "log_F0", dist.Normal(np.log(scale["floor"]), 2.0)))
     alpha = numpyro.sample("alpha", priors.get("alpha", dist.Normal(1.0, 1.0)))
     beta = numpyro.sample("beta", priors.get("beta", dist.Normal(1.0, 1.0)))
-    if observation_noise:
+    if observation_noise and working is None:
         obs_sd = numpyro.sample("obs_sd", priors.get(
             "obs_sd", dist.HalfNormal(3.0 * scale["jitter"])))
     else:
@@ -146,8 +151,8 @@ def scaling_model(data: dict, *, modes: int, eta_ref: float, b_ref: float, scale
     params = {"L_star": l_star, "log_rate": log_rate, "A_total": a_total,
               "A_share": a_share, "floor_share": w_share, "log_F0": log_f0,
               "alpha": alpha, "beta": beta, "obs_sd": obs_sd}
-    mean, mode_var, rho, obs_var = scaling_curves(params, data, eta_ref, b_ref, scale)
-    numpyro.factor("loglik", jnp.sum(ar1_logpdf(y - mean, mode_var, rho, obs_var, mask)))
+    ll = scaling_pointwise(params, data, eta_ref, b_ref, scale, working)[0]
+    numpyro.factor("loglik", jnp.sum(ll))
 
 
 def scaling_curves(params, data, eta_ref, b_ref, scale):
@@ -160,9 +165,13 @@ def scaling_curves(params, data, eta_ref, b_ref, scale):
     a_t = params["A_total"] * params["A_share"][None, None, :] * decay
     f_t = floor[:, None, None] * params["floor_share"][None, None, :] * (1.0 - decay)
     mean = params["L_star"] + jnp.sum(a_t + f_t, axis=-1)
-    mode_var = 2.0 * f_t**2 + 4.0 * a_t * f_t
+    # each mode's fluctuation has a part quadratic in the OU deviation (variance 2F²,
+    # correlation e^{−ηκΔt}) and a part linear in it (variance 4AF, correlation
+    # e^{−ηκΔt/2}: the OU deviation itself decays at half the loss rate)
+    mode_var = jnp.concatenate([2.0 * f_t**2, 4.0 * a_t * f_t], axis=-1)
     dt = jnp.diff(t, axis=1, prepend=t[:, :1])
     rho = jnp.exp(-(lr[:, None, None] * rates[None, None, :]) * dt[:, :, None])
+    rho = jnp.concatenate([rho, jnp.sqrt(rho)], axis=-1)
     # a nugget of 5% of the typical floor keeps deterministic points (t = 0: every run
     # starts from the same loss) from pinning L* + ΣA to machine precision
     obs_var = (params["obs_sd"] ** 2 * (bs / b_ref) ** -1.0)[:, None] + (
@@ -170,11 +179,21 @@ def scaling_curves(params, data, eta_ref, b_ref, scale):
     return mean, mode_var, rho, obs_var
 
 
-def scaling_pointwise(params, data, eta_ref, b_ref, scale):
+def scaling_pointwise(params, data, eta_ref, b_ref, scale, working=None):
     """(pointwise log-likelihood, mean curve, marginal predictive sd) for one draw."""
     mean, mode_var, rho, obs_var = scaling_curves(params, data, eta_ref, b_ref, scale)
-    ll = ar1_logpdf(data["y"] - mean, mode_var, rho, obs_var, data["mask"])
-    return ll, mean, jnp.sqrt(jnp.sum(mode_var, axis=-1) + obs_var)
+    var, cov = component_moments(mode_var, rho, obs_var)
+    if working is not None:
+        var, cov = working["var"], working["cov"]
+    ll = ar1_cov_logpdf(data["y"] - mean, var, cov, data["mask"])
+    return ll, mean, jnp.sqrt(var)
+
+
+def scaling_working(params, data, eta_ref, b_ref, scale):
+    """The working covariance {"var", "cov"} at one parameter point (the pilot)."""
+    mean, mode_var, rho, obs_var = scaling_curves(params, data, eta_ref, b_ref, scale)
+    var, cov = component_moments(mode_var, rho, obs_var)
+    return {"var": var, "cov": cov}
 
 
 def scaling_init(data: ScalingData, modes: int) -> dict:
