@@ -25,11 +25,8 @@ from sdenet._fit import map_estimate, run_nuts
 from sdenet._infer_scaling import (prepare_scaling, scaling_init, scaling_pointwise,
                                    scaling_working)
 
-import os
-
-LRS, BATCHES = (0.01, 0.02, 0.04), (4, 16)
-STEPS, EVERY = (int(v) for v in os.environ.get("SDENET_SBC_STEPS", "400,5").split(","))
-N = 16
+LRS, BATCHES, N = (0.01, 0.02, 0.04), (4, 16), 16
+SHORT, LONG = (400, 5), (1600, 20)  # (steps, log every): 80 log points either way
 PARAMS = ("L_star", "alpha", "beta", "log_F0", "log_rate", "A_total")
 
 
@@ -58,13 +55,14 @@ def _problem(l_star, lam, a_total):
     return sdenet.Problem(_apply, {"w": jnp.array([w0])}, x, y, name="sbc-mode")
 
 
-def simulate_replications(reps, seed):
+def simulate_replications(reps, seed, design=SHORT):
     """Prior draws and their runs (lists of `sdenet.Run`), simulated by sdenet."""
     key = jax.random.key(seed)
     draws = {k: np.asarray(d.sample(jax.random.fold_in(key, i), (reps,)))
              for i, (k, d) in enumerate(prior().items())}
     eta_ref = float(np.exp(np.mean(np.log(LRS))))
     b_ref = float(np.exp(np.mean(np.log(BATCHES))))
+    steps, every = design
     out = []
     for rep in range(reps):
         theta = {k: v[rep] for k, v in draws.items()}
@@ -77,9 +75,9 @@ def simulate_replications(reps, seed):
                                - theta["beta"] * np.log(b / b_ref))
                 sigma = jnp.asarray(np.sqrt(4 * floor / lr))
                 ds = sdenet.simulate(
-                    problem, sdenet.Isotropic(sigma), lr, STEPS, 1,
+                    problem, sdenet.Isotropic(sigma), lr, steps, 1,
                     jax.random.fold_in(key, 1000 + 10 * rep + 3 * i + j), dt=0.5,
-                    solver="sra1", save_every=EVERY, progress=False,
+                    solver="sra1", save_every=every, progress=False,
                     observables=sdenet.Observables(train_points=(), test_points=()))
                 t = ds.time.values[1:]  # t = 0 is deterministic
                 runs.append(sdenet.Run(f"lr{lr}-B{b}", t.astype(float),
@@ -124,10 +122,10 @@ def _fixed(reps):
             "obs_sd": jnp.zeros(reps)}
 
 
-def sbc_joint(reps, seed, warmup=300, samples=200):
+def sbc_joint(reps, seed, warmup=300, samples=200, design=SHORT):
     """Simulate ``reps`` replications and fit them jointly (MAP pilot, then NUTS with
     the working covariance, as `sdenet.fit` does); returns (draws, posterior samples)."""
-    draws, runs = simulate_replications(reps, seed)
+    draws, runs = simulate_replications(reps, seed, design)
     prepared = [prepare_scaling(r, plateau_check=False) for r in runs]
     data = {k: jnp.stack([jnp.asarray(getattr(p, k)) for p in prepared])
             for k in ("t", "y", "mask", "lr", "batch_size")}
@@ -159,24 +157,48 @@ def test_sbc_scaling_smoke():
         assert row[0.9] >= 0.5, name
 
 
-@pytest.mark.slow
-def test_sbc_scaling_calibration():
-    """100 replications in 5 joint batches of 20 (the likelihood, pilot and working
-    covariance of `sdenet.fit`, K = 1): coverage of central 50% and 90% intervals of
-    α, β, log F0 and L* within ±8 points of nominal (binomial SEs 5.0 and 3.0
-    points; fixed seeds)."""
-    t0 = time.time()
+def sbc_100(design):
     draws, samples = {}, []
     for batch in range(5):
-        d, s = sbc_joint(20, seed=300 + batch, warmup=500, samples=400)
+        d, s = sbc_joint(20, seed=300 + batch, warmup=500, samples=400, design=design)
         for k, v in d.items():
             draws[k] = np.concatenate([draws[k], v]) if k in draws else v
         samples += s
         jax.clear_caches()
-    table = coverage(draws, samples)
-    print(f"\nSBC scaling, 100 replications ({time.time() - t0:.0f} s):")
+    return coverage(draws, samples)
+
+
+def _report(table, label, seconds):
+    print(f"\nSBC scaling, 100 replications, {label} ({seconds:.0f} s):")
     for name, row in table.items():
         print(f"  {name}: 50% {row[0.5]:.2f}, 90% {row[0.9]:.2f}")
+
+
+@pytest.mark.slow
+def test_sbc_scaling_calibration():
+    """100 replications (5 joint batches of 20, the likelihood, pilot and working
+    covariance of `sdenet.fit`, K = 1) of runs 1600 steps long (24 correlation times of
+    the slowest floor at η = 0.01): coverage of central 50% and 90% intervals of α, β,
+    log F0 and L* within ±8 points of nominal (binomial SEs 5.0 and 3.0 points; fixed
+    seeds). Measured: 0.55/0.94, 0.57/0.92, 0.48/0.89, 0.57/0.92. ~4 min."""
+    t0 = time.time()
+    table = sbc_100(LONG)
+    _report(table, "1600-step runs", time.time() - t0)
     for name, row in table.items():
         assert abs(row[0.5] - 0.5) <= 0.08, name
         assert abs(row[0.9] - 0.9) <= 0.08, name
+
+
+@pytest.mark.slow
+def test_sbc_scaling_short_runs_exponents():
+    """The same with runs 400 steps long (6 correlation times): α and β stay calibrated
+    (measured 0.54/0.92 and 0.46/0.84) but the levels do not — log F0 0.36/0.84 and L*
+    0.36/0.86: a floor averaged over a few correlation times has a skewed (χ²-like)
+    sampling distribution that no Gaussian surrogate captures. Asserted for α, β only;
+    the level figures are reported in the README as a known limit."""
+    t0 = time.time()
+    table = sbc_100(SHORT)
+    _report(table, "400-step runs", time.time() - t0)
+    for name in ("alpha", "beta"):
+        assert abs(table[name][0.5] - 0.5) <= 0.08, name
+        assert abs(table[name][0.9] - 0.9) <= 0.08, name
