@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="auto",
                    help="OU modes of the scaling model, or 'auto' (LOO over 1..3)")
     p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--warmup", type=int, default=1000,
+                   help="NUTS warm-up steps per chain (default 1000: the scaling "
+                   "posterior has a long L*–F0 ridge)")
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--step-col", default="step")

@@ -46,6 +46,11 @@ def _scaling_idata(runs, modes, *, chains, warmup, samples, seed, progress, prio
     sites = ["L_star", "log_rate", "A_total", "A_share", "floor_share", "log_F0",
              "alpha", "beta"]
     init = {k: pilot[k] for k in sites if modes > 1 or "share" not in k}
+    # chains start at the mode of the working-covariance posterior itself (the pilot's
+    # mode can sit many posterior sds away from it, which costs long warm-ups)
+    mode = map_estimate(scaling_model, kwargs | {"working": working}, seed=seed,
+                        init_strategy=init_to_value(values=init))
+    init = {k: np.asarray(mode[k]) for k in init}
     mcmc = run_nuts(scaling_model, kwargs | {"working": working}, chains=chains,
                     warmup=warmup, samples=samples, seed=seed, progress=progress,
                     init_strategy=init_to_value(values=init))
@@ -93,7 +98,7 @@ def _scaling_idata(runs, modes, *, chains, warmup, samples, seed, progress, prio
 
 
 def fit(runs, model: str = "scaling", *, modes="auto", chains: int = 4,
-        warmup: int = 500, samples: int = 500, seed: int = 0, progress: bool = False,
+        warmup: int = 1000, samples: int = 500, seed: int = 0, progress: bool = False,
         priors: dict | None = None, max_modes: int = 3, plateau_check: bool = True,
         observation_noise: bool | None = None, problem=None, noise: str = "minibatch",
         theta0=None):
