@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch size of runs without a batch_size column")
     p.add_argument("--out", required=True, help="posterior netCDF (ArviZ InferenceData)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--full-batch-loss", action="store_true",
+                   help="the logged loss is the full-batch train loss: no observation "
+                   "noise term (default for sdenet's .nc files; text logs are assumed "
+                   "to hold minibatch losses)")
     p.add_argument("--noise", choices=["minibatch", "isotropic", "layerwise"],
                    default="minibatch", help="loss-curve: the noise model whose "
                    "parameters are fitted (s, σ or σ_l; default minibatch)")
@@ -360,7 +364,8 @@ def _cmd_fit(args):
         warnings.simplefilter("always")
         idata = fit(runs, args.model, modes=modes, chains=args.chains,
                     warmup=args.warmup, samples=args.samples, seed=args.seed,
-                    progress=not args.quiet, **extra)
+                    progress=not args.quiet,
+                    observation_noise=False if args.full_batch_loss else None, **extra)
     names = [v for v in ("L_star", "alpha", "beta", "F0", "rate", "s", "sigma", "obs_sd")
              if v in idata.posterior]
     with warnings.catch_warnings():

@@ -11,6 +11,7 @@ from ._fit import (FitDiagnosticWarning, diagnostics, map_estimate,
                    pointwise_over_draws, run_nuts, stamp, warn_on_diagnostics)
 from numpyro.infer import init_to_value
 
+from ._infer_ar import ar1_draws
 from ._infer_scaling import (prepare_scaling, scaling_init, scaling_model,
                              scaling_pointwise, scaling_working)
 
@@ -46,14 +47,13 @@ def _scaling_idata(runs, modes, *, chains, warmup, samples, seed, progress, prio
     sites = ["L_star", "log_rate", "A_total", "A_share", "floor_share", "log_F0",
              "alpha", "beta"]
     init = {k: pilot[k] for k in sites if modes > 1 or "share" not in k}
-    # chains start at the mode of the working-covariance posterior itself (the pilot's
-    # mode can sit many posterior sds away from it, which costs long warm-ups)
-    mode = map_estimate(scaling_model, kwargs | {"working": working}, seed=seed,
-                        init_strategy=init_to_value(values=init))
-    init = {k: np.asarray(mode[k]) for k in init}
+    # NUTS with the Laplace covariance of the working-covariance posterior as its mass
+    # matrix, chains started at draws from it (see `run_nuts`)
+    laplace = map_estimate(scaling_model, kwargs | {"working": working}, seed=seed,
+                           init_strategy=init_to_value(values=init), laplace=True)
     mcmc = run_nuts(scaling_model, kwargs | {"working": working}, chains=chains,
                     warmup=warmup, samples=samples, seed=seed, progress=progress,
-                    init_strategy=init_to_value(values=init))
+                    init_strategy=init_to_value(values=init), laplace=laplace)
     post = mcmc.get_samples(group_by_chain=True)
     params = _complete({k: post[k] for k in sites if k in post}, modes, False,
                        post["alpha"].shape)
@@ -64,8 +64,11 @@ def _scaling_idata(runs, modes, *, chains, warmup, samples, seed, progress, prio
     ll = ll.reshape(n_chain, n_draw, r, t)
     mean = mean.reshape(n_chain, n_draw, r, t)
     sd = sd.reshape(n_chain, n_draw, r, t)
-    rng = np.random.default_rng(seed)
-    pred = mean + sd * rng.standard_normal(mean.shape)
+    var = np.broadcast_to(np.asarray(working["var"]), mean.shape)
+    cov = np.concatenate([np.zeros_like(np.asarray(working["var"])[:, :1]),
+                          np.asarray(working["cov"])], axis=1)
+    pred = ar1_draws(mean, var, np.broadcast_to(cov, mean.shape),
+                     np.random.default_rng(seed))
     coords = {"run": list(data.names), "log_point": np.arange(t),
               "mode": np.arange(modes)}
     dims = {"log_rate": ["mode"], "rate": ["mode"], "A_share": ["mode"],

@@ -26,6 +26,7 @@ intervals are calibrated when the mean and the working covariance are right.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def component_moments(mode_var, mode_rho, obs_var):
@@ -38,14 +39,34 @@ def component_moments(mode_var, mode_rho, obs_var):
     observation noise counts with ρ = 0). Levels (floors, L*) are averages over many
     correlated points, and their uncertainty is set by the long-run variance; matching
     lag 1 instead understates it for mixtures (the product of one-step correlations
-    decays faster than the slowest component). Exact for one component.
+    decays faster than the slowest component).
     """
     var = jnp.sum(mode_var, axis=-1) + obs_var
-    rho = jnp.clip(mode_rho, 0.0, 1.0 - 1e-9)
-    ratio = jnp.sum(mode_var * (1 + rho) / (1 - rho), axis=-1) + obs_var
-    s = ratio[:, 1:] / var[:, 1:]
+    # column 0 has no predecessor (Δt = 0, ρ = 1): leave it out before dividing by 1 − ρ
+    eps = 10 * jnp.finfo(mode_rho.dtype).eps
+    rho = jnp.clip(mode_rho[:, 1:], 0.0, 1.0 - eps)
+    ratio = jnp.sum(mode_var[:, 1:] * (1 + rho) / (1 - rho), axis=-1) + obs_var
+    s = ratio / var[:, 1:]
     rho_eff = (s - 1) / (s + 1)
     return var, rho_eff * jnp.sqrt(var[:, 1:] * var[:, :-1])
+
+
+def ar1_draws(mean, var, lag_cov, rng):
+    """Posterior-predictive paths of the AR(1) surrogate (numpy; leading axes free).
+
+    mean, var: (..., T); lag_cov: (..., T) with column 0 ignored. Consecutive points
+    are drawn with the model's lag-1 correlation, not independently.
+    """
+    mean, var, lag_cov = (np.asarray(x) for x in (mean, var, lag_cov))
+    out = np.empty_like(mean)
+    z = rng.standard_normal(mean.shape)
+    out[..., 0] = mean[..., 0] + np.sqrt(var[..., 0]) * z[..., 0]
+    for k in range(1, mean.shape[-1]):
+        coef = lag_cov[..., k] / var[..., k - 1]
+        cond = np.maximum(var[..., k] - lag_cov[..., k] * coef, 1e-12 * var[..., k])
+        out[..., k] = (mean[..., k] + coef * (out[..., k - 1] - mean[..., k - 1])
+                       + np.sqrt(cond) * z[..., k])
+    return out
 
 
 def ar1_cov_logpdf(resid, var, lag_cov, mask):

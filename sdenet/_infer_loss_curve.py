@@ -25,7 +25,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from ._infer_ar import ar1_cov_logpdf
+from ._infer_ar import ar1_cov_logpdf, ar1_draws
 from ._logs import LogError
 from ._loss_moments import LossMoments, combine, loss_moments, noise_terms
 from ._noise import Isotropic, Layerwise, Minibatch
@@ -59,8 +59,13 @@ def _noise_model(kind, problem, batch_size):
     return Layerwise(np.ones(problem.n_layers))
 
 
-def prepare_loss_curve(runs, problem, noise="minibatch", theta0=None) -> LossCurveData:
-    """Validate runs, pad them and compute each run's loss-moment coefficients."""
+def prepare_loss_curve(runs, problem, noise="minibatch", theta0=None,
+                       minibatch_logs=False) -> LossCurveData:
+    """Validate runs, pad them and compute each run's loss-moment coefficients.
+
+    ``minibatch_logs``: the logged losses are minibatch losses (observation noise), so
+    the step-0 check allows their sampling spread.
+    """
     if noise not in NOISE_KINDS:
         raise ValueError(f"--noise must be one of {NOISE_KINDS}, got {noise!r}.")
     missing = [r.name for r in runs if r.lr is None or
@@ -75,6 +80,9 @@ def prepare_loss_curve(runs, problem, noise="minibatch", theta0=None) -> LossCur
         if bad.size:
             raise LogError(f"{r.source}: run {r.name!r} logs step {r.step[bad[0]]:g}; the "
                            "loss-curve model needs integer SGD steps ≥ 0.")
+        if np.any(np.diff(r.step) <= 0):
+            raise LogError(f"{r.source}: run {r.name!r} has repeated or decreasing steps; "
+                           "sort the log or remove duplicate rows.")
         if not (r.lr > 0):
             raise LogError(f"{r.source}: run {r.name!r} has lr={r.lr}; it must be > 0.")
         if noise == "minibatch":
@@ -105,15 +113,18 @@ def prepare_loss_curve(runs, problem, noise="minibatch", theta0=None) -> LossCur
                                     jnp.asarray(kb, theta0.dtype)))
     moments = LossMoments(*(np.stack([np.asarray(getattr(mo, f)) for mo in per_run])
                             for f in LossMoments._fields))
-    _check_start(runs, step, moments, problem)
+    _check_start(runs, step, moments, problem, theta0, minibatch_logs)
     bs = np.array([r.batch_size or 1.0 for r in runs], float)
     tail = [r.loss[len(r.loss) * 3 // 4:] for r in runs]
-    jitter = float(np.median([np.std(np.diff(s)) for s in tail])) / np.sqrt(2)
+    jitter = float(np.nanmedian([np.std(np.diff(s)) if len(s) > 2 else np.nan
+                                 for s in tail] + [np.nan])) / np.sqrt(2)
+    jitter = jitter if np.isfinite(jitter) else 1e-3 * float(np.median(np.abs(y)))
     excess = [np.mean(y[k, mask[k]][-max(1, mask[k].sum() // 4):]
                       - moments.mean0[k, mask[k]][-max(1, mask[k].sum() // 4):])
               for k in range(n)]
     unit = [float(moments.mean1[k, 0, mask[k]][-1]) for k in range(n)]
-    guess = float(np.median([e / u for e, u in zip(excess, unit) if u > 0] or [1.0]))
+    ratios = [e / u for e, u in zip(excess, unit) if u > 0 and e > 0]
+    guess = float(np.median(ratios)) if ratios else 1.0  # σ² (or s) of the prior centre
     scale = {"jitter": max(jitter, 1e-12), "noise_guess": max(guess, 1e-12),
              "loss": float(np.median(np.abs(y[mask])))}
     return LossCurveData(step, y, mask, np.array([r.lr for r in runs], float), bs,
@@ -122,12 +133,19 @@ def prepare_loss_curve(runs, problem, noise="minibatch", theta0=None) -> LossCur
                          float(np.exp(np.mean(np.log(bs)))), scale)
 
 
-def _check_start(runs, step, moments, problem):
-    """A run that logs step 0 must start at the problem's initial loss."""
+def _check_start(runs, step, moments, problem, theta0, minibatch_logs):
+    """A run that logs step 0 must start at the problem's initial loss (within 5 sd of
+    a minibatch loss when the logs are minibatch losses)."""
+    per_sample = np.asarray(problem.per_sample_loss(theta0))
     for k, r in enumerate(runs):
         if step[k, 0] == 0:
             expect = float(moments.mean0[k, 0])
-            if abs(r.loss[0] - expect) > 1e-3 * abs(expect) + 1e-9:
+            tol = 1e-3 * abs(expect) + 1e-9
+            if minibatch_logs:
+                b = r.batch_size or 1.0
+                kappa = (problem.n_train - b) / max(problem.n_train - 1, 1)
+                tol += 5 * float(np.std(per_sample)) * np.sqrt(max(kappa, 0.0) / b)
+            if abs(r.loss[0] - expect) > tol:
                 raise LogError(
                     f"{r.source}: run {r.name!r} logs loss {r.loss[0]:.6g} at step 0 but "
                     f"problem {problem.name!r} starts at {expect:.6g}: the log does not "
@@ -203,7 +221,8 @@ def loss_curve_idata(runs, problem, noise, *, chains, warmup, samples, seed, pro
 
     from ._fit import map_estimate, pointwise_over_draws, run_nuts
 
-    data = prepare_loss_curve(runs, problem, noise, theta0)
+    data = prepare_loss_curve(runs, problem, noise, theta0,
+                              minibatch_logs=observation_noise)
     jdata = model_data(data)
     kw = dict(kind=data.noise, n_terms=data.n_terms, b_ref=data.b_ref, scale=data.scale)
     guess = np.sqrt(data.scale["noise_guess"])
@@ -234,7 +253,9 @@ def loss_curve_idata(runs, problem, noise, *, chains, warmup, samples, seed, pro
     n_chain, n_draw = params["obs_sd"].shape[:2]
     shape = (n_chain, n_draw) + data.y.shape
     ll, mean, sd = (x.reshape(shape) for x in (ll, mean, sd))
-    pred = mean + sd * np.random.default_rng(seed).standard_normal(shape)
+    pred = ar1_draws(mean, np.broadcast_to(np.asarray(working["var"]), shape),
+                     np.broadcast_to(np.asarray(working["cov"]), shape),
+                     np.random.default_rng(seed))
     extra = mcmc.get_extra_fields(group_by_chain=True)
     stats = {k: np.asarray(extra[k]) for k in ("diverging", "num_steps", "accept_prob",
                                                 "potential_energy") if k in extra}

@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 import sdenet
+import sdenet._infer_loss_curve
 from sdenet._cli import main
 from sdenet._logs import LogError, Run
 from sdenet._loss_moments import combine, loss_moments, noise_terms
@@ -94,7 +95,7 @@ def test_cli_fit_loss_curve(sgd_logs, tmp_path, capsys):
     out = tmp_path / "post.nc"
     code = main(["fit", str(path), "--model", "loss-curve", "--problem", "linear",
                  "--chains", "1", "--warmup", "150", "--samples", "100", "--quiet",
-                 "--out", str(out)])
+                 "--full-batch-loss", "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "noise minibatch" in text and "wrote" in text
@@ -114,7 +115,10 @@ def test_loss_curve_rejects_bad_input(sgd_logs, tmp_path, capsys):
     _, runs = sgd_logs
     wrong = sdenet.get_problem("linear", dim=4)
     with pytest.raises(LogError, match="does not come from this problem"):
-        sdenet.fit(runs, "loss-curve", problem=wrong)
+        sdenet.fit(runs, "loss-curve", problem=wrong, observation_noise=False)
+    minibatch = [Run(r.name, r.step, r.loss * 1.05, None, r.meta) for r in runs]
+    sdenet._infer_loss_curve.prepare_loss_curve(  # within a minibatch loss's spread
+        minibatch, sdenet.get_problem("linear"), minibatch_logs=True)
     half = [Run(r.name, r.step + 0.5, r.loss, None, r.meta) for r in runs]
     with pytest.raises(LogError, match="integer SGD steps"):
         sdenet.fit(half, "loss-curve", problem=sdenet.get_problem("linear"))
@@ -126,6 +130,6 @@ def test_loss_curve_rejects_bad_input(sgd_logs, tmp_path, capsys):
     path, _ = sgd_logs
     out = tmp_path / "p.nc"
     code = main(["fit", str(path), "--model", "loss-curve", "--problem", "linear",
-                 "--n-train", "32", "--out", str(out)])
+                 "--n-train", "32", "--full-batch-loss", "--out", str(out)])
     assert code == 2 and not out.exists()
     assert "does not come from this problem" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 s ~ LogNormal(0, 0.5); each replication is 4 runs of `linear` (η ∈ {0.02, 0.05} ×
 B ∈ {4, 16}, 300 steps logged every 5) simulated by `sdenet.simulate` with
 `Minibatch(B, scale=s)` noise and Euler–Maruyama at dt = 1 — the chain whose first two
-moments the loss-curve closure computes exactly. The runs share a configuration across
+moments the loss-curve closure computes (the mean exactly, the (co)variances with Gaussian
+fourth moments). The runs share a configuration across
 replications, so the loss-moment coefficients are computed once and all replications
 are fitted jointly (MAP pilot, then NUTS with the working covariance, as `sdenet.fit`).
 """
