@@ -29,6 +29,20 @@ def _complete(params, modes, observation_noise, shape=()):
     return params
 
 
+def _interior(values):
+    """Move a mode off the boundary of its support (a share of exactly 0, tied ordered
+    rates), where NumPyro cannot start: the unconstrained transform is infinite there."""
+    out = dict(values)
+    for k in ("A_share", "floor_share"):
+        if k in out:
+            x = np.clip(np.asarray(out[k], float), 1e-6, None)
+            out[k] = x / x.sum()
+    if "log_rate" in out:
+        r = np.asarray(out["log_rate"], float)
+        out["log_rate"] = r + 1e-6 * np.arange(r.size)
+    return out
+
+
 def _scaling_idata(runs, modes, *, chains, warmup, samples, seed, progress, priors,
                    plateau_check=True, observation_noise=True):
     data = prepare_scaling(runs, plateau_check=plateau_check)
@@ -46,7 +60,7 @@ def _scaling_idata(runs, modes, *, chains, warmup, samples, seed, progress, prio
     working = scaling_working(pilot, jdata, data.eta_ref, data.b_ref, data.scale)
     sites = ["L_star", "log_rate", "A_total", "A_share", "floor_share", "log_F0",
              "alpha", "beta"]
-    init = {k: pilot[k] for k in sites if modes > 1 or "share" not in k}
+    init = _interior({k: pilot[k] for k in sites if modes > 1 or "share" not in k})
     # NUTS with the Laplace covariance of the working-covariance posterior as its mass
     # matrix, chains started at draws from it (see `run_nuts`)
     laplace = map_estimate(scaling_model, kwargs | {"working": working}, seed=seed,
