@@ -85,9 +85,14 @@ def map_estimate(model, model_kwargs, *, init_strategy, seed=0, max_iter=500,
         jax.random.PRNGKey(seed), model, init_strategy=init_strategy,
         model_kwargs=model_kwargs)
     flat, unravel = ravel_pytree(info.z)
-    result = minimize(lambda x: potential(unravel(x)), flat, method="BFGS",
-                      options={"maxiter": max_iter})
-    best = jnp.where(jnp.isfinite(result.fun), result.x, flat)
+    fn = jax.jit(lambda x: potential(unravel(x)))
+    result = minimize(fn, flat, method="BFGS", options={"maxiter": max_iter})
+    best = result.x
+    if not (bool(jnp.all(jnp.isfinite(best))) and fn(best) <= fn(flat)
+            and bool(jnp.isfinite(fn(best)))):
+        best = _adam(fn, flat)  # BFGS's line search can run away on ridges
+    if not bool(jnp.isfinite(fn(best))):
+        best = flat
     if not laplace:
         return postprocess(unravel(best))
     hess = jax.hessian(lambda x: potential(unravel(x)))(best)
@@ -95,6 +100,27 @@ def map_estimate(model, model_kwargs, *, init_strategy, seed=0, max_iter=500,
     lam = jnp.clip(lam, 1e-12 * jnp.max(jnp.abs(lam)) + 1e-300, None)
     cov = (vec / lam[None, :]) @ vec.T
     return Laplace(postprocess(unravel(best)), best, 0.5 * (cov + cov.T), unravel)
+
+
+def _adam(fn, x0, steps=3000, lr=0.01):
+    """A robust fallback minimiser (optax Adam in a compiled loop), keeping the best."""
+    import optax
+
+    opt = optax.adam(lr)
+    grad = jax.value_and_grad(fn)
+
+    def body(carry, _):
+        x, state, best, best_f = carry
+        f, g = grad(x)
+        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        better = jnp.isfinite(f) & (f < best_f)
+        best, best_f = jnp.where(better, x, best), jnp.where(better, f, best_f)
+        updates, state = opt.update(g, state)
+        return (optax.apply_updates(x, updates), state, best, best_f), None
+
+    carry = (x0, opt.init(x0), x0, fn(x0))
+    (_, _, best, _), _ = jax.lax.scan(body, carry, None, length=steps)
+    return best
 
 
 def diagnostics(idata, var_names=None) -> dict:
