@@ -48,6 +48,8 @@ def run_nuts(model, model_kwargs, *, chains=4, warmup=500, samples=500, seed=0,
     init_params = None
     if laplace is not None:
         init_params = laplace.draws(jax.random.PRNGKey(seed + 1), chains)
+        if chains == 1:  # MCMC takes unbatched initial values for a single chain
+            init_params = jax.tree_util.tree_map(lambda x: x[0], init_params)
     mcmc.run(jax.random.PRNGKey(seed), init_params=init_params, extra_fields=(
         "diverging", "num_steps", "accept_prob", "potential_energy"), **model_kwargs)
     return mcmc
