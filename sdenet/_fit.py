@@ -177,6 +177,41 @@ def write_posterior(idata, path) -> str:
     return write_atomic(path, idata.to_netcdf, ".nc.tmp")
 
 
+def sample_stats(mcmc) -> dict:
+    """NUTS sample statistics (chain, draw) for ArviZ: divergences, tree sizes, …"""
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    return {k: np.asarray(extra[k]) for k in ("diverging", "num_steps", "accept_prob",
+                                               "potential_energy") if k in extra}
+
+
+def loss_curve_idata(posterior, stats, ll, mean, pred, *, y, mask, lr, batch_size,
+                     step, names, coords=None, dims=None):
+    """InferenceData of a loss-curve fit over padded runs (R, T) and draws.
+
+    ``ll``, ``mean``, ``pred``: (chain, draw, R, T) pointwise log-likelihood, mean curve
+    and posterior-predictive draws. Padded points (``mask`` False) are NaN in the curves
+    and left out of the log-likelihood, so LOO runs over the real log points only.
+    """
+    idata = az.from_dict(
+        posterior={k: np.asarray(v) for k, v in posterior.items()},
+        sample_stats=stats,
+        log_likelihood={"loss": ll[:, :, mask]},
+        posterior_predictive={"loss": np.where(mask, pred, np.nan),
+                              "mean_curve": np.where(mask, mean, np.nan)},
+        observed_data={"loss": np.where(mask, y, np.nan)},
+        constant_data={"lr": lr, "batch_size": batch_size,
+                       "step": np.asarray(step, float)},
+        coords={"run": list(names), "log_point": np.arange(y.shape[1]),
+                "point": np.arange(int(mask.sum()))} | (coords or {}),
+        dims={"loss": ["run", "log_point"], "mean_curve": ["run", "log_point"],
+              "step": ["run", "log_point"], "lr": ["run"],
+              "batch_size": ["run"]} | (dims or {}),
+    )
+    idata.log_likelihood["loss"] = idata.log_likelihood["loss"].rename(
+        {idata.log_likelihood["loss"].dims[-1]: "point"})
+    return idata
+
+
 def pointwise_over_draws(fn, samples: dict, *args, chunk=200):
     """Apply ``fn(params, *args)`` to every posterior draw (vmapped in chunks)."""
     flat = {k: jnp.asarray(v).reshape((-1,) + v.shape[2:]) for k, v in samples.items()}

@@ -7,8 +7,9 @@ import warnings
 import arviz as az
 import numpy as np
 
-from ._fit import (FitDiagnosticWarning, diagnostics, map_estimate,
-                   pointwise_over_draws, run_nuts, stamp, warn_on_diagnostics)
+from ._fit import (FitDiagnosticWarning, diagnostics, loss_curve_idata, map_estimate,
+                   pointwise_over_draws, run_nuts, sample_stats, stamp,
+                   warn_on_diagnostics)
 from numpyro.infer import init_to_value
 
 from ._infer_ar import ar1_draws
@@ -83,34 +84,12 @@ def _scaling_idata(runs, modes, *, chains, warmup, samples, seed, progress, prio
                           np.asarray(working["cov"])], axis=1)
     pred = ar1_draws(mean, var, np.broadcast_to(cov, mean.shape),
                      np.random.default_rng(seed))
-    coords = {"run": list(data.names), "log_point": np.arange(t),
-              "mode": np.arange(modes)}
-    dims = {"log_rate": ["mode"], "rate": ["mode"], "A_share": ["mode"],
-            "floor_share": ["mode"], "floor": ["run"], "loss": ["run", "log_point"],
-            "mean_curve": ["run", "log_point"]}
-    mask = data.mask
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    stats = {"diverging": np.asarray(extra["diverging"])}
-    for key in ("num_steps", "accept_prob", "potential_energy"):
-        if key in extra:
-            stats[key] = np.asarray(extra[key])
-    posterior = {k: np.asarray(v) for k, v in post.items()}
-    idata = az.from_dict(
-        posterior=posterior,
-        sample_stats=stats,
-        # LOO over the real (unpadded) log points only
-        log_likelihood={"loss": ll[:, :, mask]},
-        posterior_predictive={"loss": np.where(mask, pred, np.nan),
-                              "mean_curve": np.where(mask, mean, np.nan)},
-        observed_data={"loss": np.where(mask, data.y, np.nan)},
-        constant_data={"lr": data.lr, "batch_size": data.batch_size,
-                       "step": data.t.astype(float)},
-        coords=coords | {"point": np.arange(int(mask.sum()))},
-        dims=dims | {"step": ["run", "log_point"], "lr": ["run"],
-                     "batch_size": ["run"]},
-    )
-    idata.log_likelihood["loss"] = idata.log_likelihood["loss"].rename(
-        {idata.log_likelihood["loss"].dims[-1]: "point"})
+    idata = loss_curve_idata(
+        post, sample_stats(mcmc), ll, mean, pred, y=data.y, mask=data.mask, lr=data.lr,
+        batch_size=data.batch_size, step=data.t, names=data.names,
+        coords={"mode": np.arange(modes)},
+        dims={"log_rate": ["mode"], "rate": ["mode"], "A_share": ["mode"],
+              "floor_share": ["mode"], "floor": ["run"]})
     return idata, data
 
 
@@ -179,14 +158,14 @@ def fit(runs, model: str = "scaling", *, modes="auto", chains: int = 4,
 
 
 def _fit_loss_curve(runs, problem, noise, theta0, config, priors, progress):
-    from ._infer_loss_curve import loss_curve_idata
+    from ._infer_loss_curve import fit_loss_curve
 
     if problem is None:
         raise ValueError("--model loss-curve needs the problem the logs come from "
                          "(--problem NAME and its options).")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        idata, data = loss_curve_idata(
+        idata, data = fit_loss_curve(
             runs, problem, noise, chains=config["chains"], warmup=config["warmup"],
             samples=config["samples"], seed=config["seed"], progress=progress,
             priors=priors, observation_noise=config["observation_noise"], theta0=theta0)

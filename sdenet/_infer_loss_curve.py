@@ -213,13 +213,13 @@ def model_data(data: LossCurveData) -> dict:
                   "batch_size": jnp.asarray(data.batch_size)}
 
 
-def loss_curve_idata(runs, problem, noise, *, chains, warmup, samples, seed, progress,
-                     priors=None, observation_noise=False, theta0=None):
+def fit_loss_curve(runs, problem, noise, *, chains, warmup, samples, seed, progress,
+                   priors=None, observation_noise=False, theta0=None):
     """NUTS on the loss-curve model; returns (InferenceData, LossCurveData)."""
-    import arviz as az
     from numpyro.infer import init_to_value
 
-    from ._fit import map_estimate, pointwise_over_draws, run_nuts
+    from ._fit import (loss_curve_idata, map_estimate, pointwise_over_draws, run_nuts,
+                       sample_stats)
 
     data = prepare_loss_curve(runs, problem, noise, theta0,
                               minibatch_logs=observation_noise)
@@ -256,26 +256,10 @@ def loss_curve_idata(runs, problem, noise, *, chains, warmup, samples, seed, pro
     pred = ar1_draws(mean, np.broadcast_to(np.asarray(working["var"]), shape),
                      np.broadcast_to(np.asarray(working["cov"]), shape),
                      np.random.default_rng(seed))
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    stats = {k: np.asarray(extra[k]) for k in ("diverging", "num_steps", "accept_prob",
-                                                "potential_energy") if k in extra}
-    mask = data.mask
-    idata = az.from_dict(
-        posterior=post,
-        sample_stats=stats,
-        log_likelihood={"loss": ll[:, :, mask]},
-        posterior_predictive={"loss": np.where(mask, pred, np.nan),
-                              "mean_curve": np.where(mask, mean, np.nan)},
-        observed_data={"loss": np.where(mask, data.y, np.nan)},
-        constant_data={"lr": data.lr, "batch_size": data.batch_size,
-                       "step": data.step.astype(float)},
-        coords={"run": list(data.names), "log_point": np.arange(data.y.shape[1]),
-                "point": np.arange(int(mask.sum())), "layer": np.arange(data.n_terms)},
-        dims={"sigma": ["layer"] if noise == "layerwise" else [],
-              "loss": ["run", "log_point"], "mean_curve": ["run", "log_point"],
-              "step": ["run", "log_point"], "lr": ["run"], "batch_size": ["run"]},
-    )
-    idata.log_likelihood["loss"] = idata.log_likelihood["loss"].rename(
-        {idata.log_likelihood["loss"].dims[-1]: "point"})
+    idata = loss_curve_idata(
+        post, sample_stats(mcmc), ll, mean, pred, y=data.y, mask=data.mask, lr=data.lr,
+        batch_size=data.batch_size, step=data.step, names=data.names,
+        coords={"layer": np.arange(data.n_terms)},
+        dims={"sigma": ["layer"] if noise == "layerwise" else []})
     idata.posterior.attrs["pilot_obs_sd"] = float(pilot["obs_sd"])
     return idata, data

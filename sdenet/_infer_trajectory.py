@@ -51,7 +51,7 @@ from jaxtyping import Array, Float
 from numpyro.infer import init_to_value
 
 from ._artefact import config_of
-from ._fit import diagnostics, run_nuts, stamp, warn_on_diagnostics
+from ._fit import diagnostics, run_nuts, sample_stats, stamp, warn_on_diagnostics
 
 TRAJECTORY_FAMILIES = ("em", "ou")
 TRAJECTORY_NOISE = ("isotropic", "layerwise")
@@ -627,11 +627,7 @@ def fit_trajectory(ds, problem, lr: float | None = None, *, family: str = "auto"
         ss_dims = ["path", "transition"]
     else:
         ss_dims = ["path", "transition", "layer"]
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    stats_out = {"diverging": np.asarray(extra["diverging"])}
-    for key in ("num_steps", "accept_prob", "potential_energy"):
-        if key in extra:
-            stats_out[key] = np.asarray(extra[key])
+    stats_out = sample_stats(mcmc)
     coords = {"path": ds["path"].values, "transition": times[1:], "time": times,
               "weight": np.arange(weights.shape[-1]), "layer": np.arange(data.n_groups)}
     dims = {"sigma": [] if noise == "isotropic" else ["layer"],
