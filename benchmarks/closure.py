@@ -134,13 +134,6 @@ def ensemble_call(problem, theta, case, lr, paths, key, stats_only=True, dt=SDE_
                            solver=solver, stats_only=stats_only, progress=False)
 
 
-def reflected(problem):
-    neg = lambda tree: jax.tree_util.tree_map(lambda a: -a, tree)  # noqa: E731
-    apply = problem.apply
-    return sdenet.Problem(lambda params, x: apply(neg(params), x), neg(problem.params),
-                          problem.x_train, problem.y_train, problem.x_test,
-                          problem.y_test, name=problem.name + "-reflected")
-
 
 def reference(problem, theta, case, lr):
     """Mean, variance (test outputs at the end) and their SEs, + the wall time."""
@@ -154,7 +147,7 @@ def reference(problem, theta, case, lr):
     pairs = case["reference"]
     key = jax.random.key(7)
     fa = ensemble_call(problem, theta, case, lr, pairs, key, False).test_output.values
-    fb = ensemble_call(reflected(problem), -theta, case, lr, pairs, key,
+    fb = ensemble_call(problem.reflected(), -theta, case, lr, pairs, key,
                        False).test_output.values
     fa, fb = fa[:, -1], fb[:, -1]
     both = np.concatenate([fa, fb])

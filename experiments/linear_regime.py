@@ -82,14 +82,6 @@ def _rms(x, axis=-1):
     return np.sqrt(np.mean(np.square(x), axis=axis))
 
 
-def reflected(problem):
-    """The same problem in weights θ' = −θ (apply'(θ', x) = apply(−θ', x))."""
-    neg = lambda tree: jax.tree_util.tree_map(lambda a: -a, tree)  # noqa: E731
-    apply = problem.apply
-    return sdenet.Problem(lambda params, x: apply(neg(params), x), neg(problem.params),
-                          problem.x_train, problem.y_train, problem.x_test,
-                          problem.y_test, name=problem.name + "-reflected")
-
 
 def moments(ds, pair=None):
     """Ensemble moments (per time, point) and their SEs; ``pair``: the antithetic twin."""
@@ -157,7 +149,7 @@ def run(size, log=print):
     problem = sdenet.get_problem("teacher-student", width=cfg["width"], dim=cfg["dim"],
                                  n_train=cfg["n_train"], n_test=cfg["n_test"],
                                  parametrisation="ntk", seed=SEED)
-    mirror = reflected(problem)
+    mirror = problem.reflected()
     lr, steps, every = cfg["lr"], cfg["steps"], cfg["save_every"]
     theta0, n = problem.theta0, problem.n_train
     ntk = eqx.filter_jit(lambda pr, th: pr.ntk(th, pr.x_train, pr.x_train))

@@ -108,14 +108,6 @@ def _clean(x):
     return x
 
 
-def reflected(problem):
-    """The same problem in weights θ' = −θ: apply'(θ', x) = apply(−θ', x)."""
-    neg = lambda tree: jax.tree_util.tree_map(lambda a: -a, tree)  # noqa: E731
-    apply = problem.apply
-    return sdenet.Problem(lambda params, x: apply(neg(params), x), neg(problem.params),
-                          problem.x_train, problem.y_train, problem.x_test,
-                          problem.y_test, name=problem.name + "-reflected")
-
 
 def curvature(problem, theta):
     ev = np.linalg.eigvalsh(np.asarray(jax.hessian(problem.loss)(theta)))
@@ -235,7 +227,7 @@ def run(size):
     regimes, groups = [], []
     for width in cfg["widths"]:
         problem = sdenet.get_problem("mlp-sine", width=width, n_train=16, n_test=16)
-        mirror = reflected(problem)
+        mirror = problem.reflected()
         pairs = cfg["pairs"][width]
         for start in cfg["starts"]:
             t0 = time.perf_counter()

@@ -224,6 +224,19 @@ class Problem(eqx.Module):
         g = g - jnp.mean(g, axis=0, keepdims=True)
         return g.T @ g / self.n_train
 
+    def reflected(self) -> "Problem":
+        """The same problem in weights θ' = −θ: apply'(θ', x) = apply(−θ', x).
+
+        Driving a path of it with the Brownian path of the original (start −θ0) gives the
+        antithetic twin of that path (noise W → −W), used by the experiments and
+        benchmarks for variance reduction.
+        """
+        neg = lambda tree: jax.tree_util.tree_map(lambda a: -a, tree)  # noqa: E731
+        apply = self.apply
+        return Problem(lambda params, x: apply(neg(params), x), neg(self.params),
+                       self.x_train, self.y_train, self.x_test, self.y_test,
+                       name=self.name + "-reflected")
+
     # ------------------------------------------------------------------ derivatives
     def jacobian(self, theta: Float[Array, " P"], x: Array) -> Float[Array, "n P"]:
         """J(x) = ∂f(x; θ)/∂θ."""

@@ -58,3 +58,11 @@ def test_problem_rejects_bad_shapes():
     with pytest.raises(ValueError, match="must return shape"):
         sdenet.Problem(lambda p, x: jnp.ones((x.shape[0], 3)), jnp.ones(2),
                        jnp.ones((3, 2)), jnp.ones(3))
+
+
+def test_reflected_problem_is_the_same_problem_in_minus_theta(tiny_mlp):
+    """The antithetic twin: same losses and gradients up to sign at θ' = −θ."""
+    mirror = tiny_mlp.reflected()
+    theta = tiny_mlp.theta0 + 0.1
+    np.testing.assert_allclose(mirror.loss(-theta), tiny_mlp.loss(theta), rtol=1e-12)
+    np.testing.assert_allclose(mirror.grad(-theta), -tiny_mlp.grad(theta), rtol=1e-10)
